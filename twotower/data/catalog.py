@@ -1,0 +1,239 @@
+"""The product catalog: text, brand/category vocabularies, photos, de-duplication with aliases."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from twotower.data.io import DEFAULT_CHUNKSIZE, read_table
+from twotower.data.report import DataReport
+from twotower.data.schema import (
+    PHOTO_COLUMNS,
+    PRODUCT_COLUMNS,
+    PRODUCT_OPTIONAL_COLUMNS,
+    DataValidationError,
+    normalize_key,
+    normalize_text,
+)
+
+log = logging.getLogger(__name__)
+UNK = "<UNK>"
+
+
+@dataclass
+class Vocabulary:
+    """Normalized keys -> index; index 0 is <UNK> (unknown or missing values)."""
+
+    tokens: list[str] = field(default_factory=lambda: [UNK])
+
+    def __post_init__(self) -> None:
+        if not self.tokens or self.tokens[0] != UNK:
+            self.tokens = [UNK, *[t for t in self.tokens if t != UNK]]
+        self._index = {t: i for i, t in enumerate(self.tokens)}
+
+    @classmethod
+    def build(cls, values: Iterable[str]) -> Vocabulary:
+        keys = sorted({normalize_key(v) for v in values if normalize_key(v)})
+        return cls([UNK, *keys])
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def lookup(self, values: Iterable[str]) -> np.ndarray:
+        """int64 [n] indices; values not in the vocabulary map to 0 (<UNK>)."""
+        return np.array([self._index.get(normalize_key(v), 0) for v in values], dtype=np.int64)
+
+
+def _parse_metadata(raw: object) -> tuple[str, str, bool]:
+    """(brand, category, malformed) from a metadata JSON string; missing metadata is not malformed."""
+    if raw is None or (isinstance(raw, float) and np.isnan(raw)) or raw == "":
+        return "", "", False
+    if isinstance(raw, dict):
+        meta = raw
+    else:
+        try:
+            meta = json.loads(raw)
+        except (TypeError, ValueError):
+            return "", "", True
+        if not isinstance(meta, dict):
+            return "", "", True
+    brand = normalize_text(meta.get("brand"))
+    category = normalize_text(meta.get("catalog_id", meta.get("category")))
+    return brand, category, False
+
+
+@dataclass
+class Catalog:
+    """Canonical products (item index = row), their aliases, and the vocabularies the item tower uses."""
+
+    product_ids: list[str]
+    titles: list[str]
+    descriptions: list[str]
+    brands: list[str]
+    categories: list[str]
+    photo_urls: list[str]
+    aliases: dict[str, int]  # every known id, canonical or duplicate -> item index
+    brand_vocab: Vocabulary
+    category_vocab: Vocabulary
+    popularity: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+
+    def __post_init__(self) -> None:
+        if len(self.popularity) != len(self.product_ids):
+            self.popularity = np.zeros(len(self.product_ids), dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.product_ids)
+
+    @property
+    def texts(self) -> list[str]:
+        """What the text encoder sees: title + ' ' + description (original script, whitespace-normalized)."""
+        return [normalize_text(f"{t} {d}") for t, d in zip(self.titles, self.descriptions, strict=True)]
+
+    def brand_indices(self, vocab: Vocabulary | None = None) -> np.ndarray:
+        return (vocab or self.brand_vocab).lookup(self.brands)
+
+    def category_indices(self, vocab: Vocabulary | None = None) -> np.ndarray:
+        return (vocab or self.category_vocab).lookup(self.categories)
+
+    def resolve(self, product_ids: Sequence[object]) -> np.ndarray:
+        """Item indices for raw ids (duplicates resolve to their canonical product); -1 when unknown."""
+        return np.array([self.aliases.get(str(p), -1) for p in product_ids], dtype=np.int64)
+
+    def duplicate_ids(self) -> list[list[str]]:
+        """For each item, the non-canonical ids that resolve to it."""
+        out: list[list[str]] = [[] for _ in self.product_ids]
+        for alias, index in self.aliases.items():
+            if alias != self.product_ids[index]:
+                out[index].append(alias)
+        return out
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "product_id": self.product_ids,
+                "title": self.titles,
+                "description": self.descriptions,
+                "brand": self.brands,
+                "category": self.categories,
+                "photo_url": self.photo_urls,
+                "popularity": self.popularity.astype(np.float32),
+                "aliases": self.duplicate_ids(),
+            }
+        )
+
+    @classmethod
+    def from_frame(
+        cls, frame: pd.DataFrame, brand_vocab: Vocabulary | None = None, category_vocab: Vocabulary | None = None
+    ) -> Catalog:
+        ids = frame["product_id"].astype(str).tolist()
+        aliases = {pid: i for i, pid in enumerate(ids)}
+        if "aliases" in frame:
+            for i, dups in enumerate(frame["aliases"]):
+                for dup in [] if dups is None else list(dups):
+                    aliases.setdefault(str(dup), i)
+        brands = frame["brand"].fillna("").astype(str).tolist()
+        categories = frame["category"].fillna("").astype(str).tolist()
+        return cls(
+            product_ids=ids,
+            titles=frame["title"].fillna("").astype(str).tolist(),
+            descriptions=frame["description"].fillna("").astype(str).tolist(),
+            brands=brands,
+            categories=categories,
+            photo_urls=frame["photo_url"].fillna("").astype(str).tolist(),
+            aliases=aliases,
+            brand_vocab=brand_vocab or Vocabulary.build(brands),
+            category_vocab=category_vocab or Vocabulary.build(categories),
+            popularity=frame["popularity"].to_numpy(np.float32) if "popularity" in frame else np.zeros(0, np.float32),
+        )
+
+
+def load_catalog(
+    products_path: str | Path,
+    photos_path: str | Path | None = None,
+    report: DataReport | None = None,
+    chunksize: int = DEFAULT_CHUNKSIZE,
+) -> Catalog:
+    """Read products (and optional photos), parse metadata, collapse duplicates into canonical products.
+
+    Duplicates share the same normalized title + description + brand; the first one seen is canonical and
+    the others stay resolvable through `Catalog.aliases`.
+    """
+    report = report if report is not None else DataReport()
+    frames = list(read_table(products_path, PRODUCT_COLUMNS, PRODUCT_OPTIONAL_COLUMNS, chunksize=chunksize))
+    products = pd.concat(frames, ignore_index=True)
+    report.rows_read["products"] += len(products)
+    for column in ("description", "metadata"):
+        if column not in products:
+            log.warning("%s has no '%s' column; treating it as empty for every product", products_path, column)
+            products[column] = None
+
+    ids = products["product_id"].map(normalize_text)
+    missing_id = ids == ""
+    report.drop("products.missing_id", int(missing_id.sum()))
+    repeated_id = ids.duplicated() & ~missing_id
+    report.drop("products.repeated_id", int(repeated_id.sum()))
+    keep = ~(missing_id | repeated_id)
+    products, ids = products[keep].reset_index(drop=True), ids[keep].reset_index(drop=True)
+    if products.empty:
+        raise DataValidationError(f"{products_path}: no usable product rows (all rows lack a product id)")
+
+    parsed = [_parse_metadata(m) for m in products["metadata"]]
+    brands = [p[0] for p in parsed]
+    categories = [p[1] for p in parsed]
+    # Malformed metadata keeps the product (its text is still good) with brand/category <UNK>.
+    report.flag("products.malformed_metadata", sum(p[2] for p in parsed))
+    titles = products["title"].map(normalize_text).tolist()
+    descriptions = products["description"].map(normalize_text).tolist()
+
+    dedup_keys = [
+        f"{normalize_key(t)}\x1f{normalize_key(d)}\x1f{normalize_key(b)}"
+        for t, d, b in zip(titles, descriptions, brands, strict=True)
+    ]
+    canonical_row_of_key: dict[str, int] = {}
+    canonical_rows: list[int] = []
+    row_to_item = np.empty(len(ids), dtype=np.int64)
+    for row, key in enumerate(dedup_keys):
+        item = canonical_row_of_key.get(key)
+        if item is None:
+            item = canonical_row_of_key[key] = len(canonical_rows)
+            canonical_rows.append(row)
+        row_to_item[row] = item
+    report.duplicates_collapsed = len(ids) - len(canonical_rows)
+    aliases = dict(zip(ids.tolist(), row_to_item.tolist(), strict=True))
+
+    pick = lambda values: [values[r] for r in canonical_rows]  # noqa: E731
+    photo_urls = [""] * len(canonical_rows)
+    if photos_path is not None:
+        photo_frames = read_table(photos_path, PHOTO_COLUMNS, chunksize=chunksize)
+        photos = pd.concat(list(photo_frames), ignore_index=True)
+        report.rows_read["photos"] += len(photos)
+        items = [aliases.get(normalize_text(p), -1) for p in photos["product_id"]]
+        urls = photos["photo_url"].map(normalize_text).tolist()
+        unknown = 0
+        for item, url in zip(items, urls, strict=True):
+            if item < 0:
+                unknown += 1
+            elif url and not photo_urls[item]:
+                photo_urls[item] = url
+        report.drop("photos.unknown_product_id", unknown)
+
+    catalog_brands, catalog_categories = pick(brands), pick(categories)
+    catalog = Catalog(
+        product_ids=pick(ids.tolist()),
+        titles=pick(titles),
+        descriptions=pick(descriptions),
+        brands=catalog_brands,
+        categories=catalog_categories,
+        photo_urls=photo_urls,
+        aliases=aliases,
+        brand_vocab=Vocabulary.build(catalog_brands),
+        category_vocab=Vocabulary.build(catalog_categories),
+    )
+    report.products = len(catalog)
+    return catalog
