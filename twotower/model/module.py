@@ -1,0 +1,267 @@
+"""TwoTowerModule: the towers, InfoNCE training, and full-catalog ranking metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from twotower.data.catalog import Catalog, Vocabulary
+from twotower.metrics import RetrievalMetrics, topk_scores_chunked
+from twotower.model.buyer_tower import BuyerTower
+from twotower.model.item_tower import ItemTower
+from twotower.model.losses import InfoNCELoss, item_log_q, mixed_log_q, sample_negatives
+from twotower.text.cache import TextFeatureCache
+
+log = logging.getLogger(__name__)
+
+
+class TwoTowerModule(L.LightningModule):
+    """Item tower + buyer tower trained with InfoNCE over in-batch and sampled negatives.
+
+    The catalog's item features (cached text vectors, brand and category indices) are attached in `setup`
+    from the datamodule's catalog, so one checkpoint can embed any catalog: vocabularies travel in the
+    hyperparameters and unseen brands/categories map to <UNK>.
+    """
+
+    def __init__(
+        self,
+        text_dim: int,
+        brand_vocab: Sequence[str],
+        category_vocab: Sequence[str],
+        text_encoder: Any = None,
+        text_encoder_config: dict | None = None,
+        freeze_text_encoder: bool = True,
+        item_tower: dict | None = None,
+        buyer_tower: dict | None = None,
+        temperature: float = 0.07,
+        num_negatives: int = 256,
+        negative_sampling_alpha: float = 0.0,
+        use_log_q_correction: bool = False,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        k_values: Sequence[int] = (10, 50, 100),
+        feature_cache_dir: str | None = ".cache/text_features",
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"model.temperature must be > 0, got {temperature}")
+        if num_negatives < 0:
+            raise ValueError(f"model.num_negatives must be >= 0, got {num_negatives}")
+        if not k_values or min(k_values) < 1:
+            raise ValueError(f"model.k_values must be positive integers, got {list(k_values)}")
+        self.save_hyperparameters(ignore=["text_encoder", "optimizer", "scheduler"])
+        self.brand_vocab, self.category_vocab = Vocabulary(list(brand_vocab)), Vocabulary(list(category_vocab))
+        self.item_tower = ItemTower(text_dim, len(self.brand_vocab), len(self.category_vocab), **dict(item_tower or {}))
+        embedding_dim = self.item_tower.output_dim
+        self.buyer_tower = BuyerTower(embedding_dim=embedding_dim, **dict(buyer_tower or {}))
+        self.loss_fn = InfoNCELoss(temperature, use_log_q_correction=use_log_q_correction)
+        self.fine_tune_text = not freeze_text_encoder
+        if self.fine_tune_text:
+            if text_encoder is None or not getattr(text_encoder, "trainable", False):
+                raise ValueError(
+                    "model.freeze_text_encoder=false needs a trainable text encoder (sentence-transformers); "
+                    f"{getattr(text_encoder, 'id', text_encoder)!r} is frozen-only"
+                )
+            self.text_encoder = text_encoder  # registered: its weights train and are checkpointed
+        else:
+            object.__setattr__(self, "_frozen_text_encoder", text_encoder)  # kept out of state_dict
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.k_values = sorted(set(int(k) for k in k_values))
+        self.max_k = max(self.k_values)
+        self._catalog_size = 0
+        self._item_embeddings: Tensor | None = None
+
+    # -- catalog features ----------------------------------------------------------------------
+    @property
+    def encoder(self) -> Any:
+        return self.text_encoder if self.fine_tune_text else self._frozen_text_encoder
+
+    def attach_catalog(self, catalog: Catalog, item_counts: np.ndarray | None = None) -> None:
+        """Attach a catalog's item features: cached text vectors (encoded once) + vocabulary indices."""
+        self._catalog_size = len(catalog)
+        self._texts = catalog.texts
+        if not self.fine_tune_text:
+            features = self._encode_texts_once(self._texts)
+            if features.shape[1] != self.hparams.text_dim:
+                raise ValueError(
+                    f"text encoder gives {features.shape[1]}-d vectors but this model expects {self.hparams.text_dim}-d; "
+                    "use the text encoder the checkpoint was trained with"
+                )
+            self.register_buffer("text_features", torch.from_numpy(features), persistent=False)
+        self.register_buffer("brand_index", torch.from_numpy(catalog.brand_indices(self.brand_vocab)), persistent=False)
+        self.register_buffer(
+            "category_index", torch.from_numpy(catalog.category_indices(self.category_vocab)), persistent=False
+        )
+        counts = np.ones(len(catalog), np.float32) if item_counts is None else np.asarray(item_counts, np.float32)
+        self.register_buffer("item_counts", torch.from_numpy(counts), persistent=False)
+        self._item_embeddings = None
+
+    def _encode_texts_once(self, texts: list[str]) -> np.ndarray:
+        encoder = self.encoder
+        if encoder is None:
+            raise ValueError("no text encoder: pass model.text_encoder (see conf/model/text_encoder/)")
+        if self.hparams.feature_cache_dir is None:
+            return encoder.encode(texts, show_progress=True)
+        cache = TextFeatureCache(self.hparams.feature_cache_dir)
+        distributed = dist.is_available() and dist.is_initialized()
+        if distributed and dist.get_rank() != 0:
+            dist.barrier()  # rank 0 fills the cache first; the others then read it
+        features = cache.encode(encoder, texts, show_progress=not distributed or dist.get_rank() == 0)
+        if distributed and dist.get_rank() == 0:
+            dist.barrier()
+        return features
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and getattr(datamodule, "catalog", None) is not None and self._catalog_size == 0:
+            self.attach_catalog(datamodule.catalog, datamodule.train_item_counts)
+
+    # -- towers ----------------------------------------------------------------------------------
+    def embed_items(self, items: Tensor) -> Tensor:
+        """L2-normalized item vectors [n, D] for catalog item indices [n]."""
+        if self._catalog_size == 0:
+            raise RuntimeError("no catalog attached: call attach_catalog() or run through a Trainer with the datamodule")
+        if self.fine_tune_text:
+            text = self.text_encoder([self._texts[i] for i in items.tolist()])
+        else:
+            text = self.text_features[items]
+        return self.item_tower(text.to(self.item_tower.mlp[0].weight.dtype), self.brand_index[items], self.category_index[items])
+
+    def embed_buyers(self, history_items: Tensor, history_weights: Tensor, history_mask: Tensor, item_vectors: Tensor) -> Tensor:
+        """Buyer vectors [B, D] from history item indices [B, L] using precomputed item vectors [N, D]."""
+        return self.buyer_tower.pool(item_vectors, history_items, history_weights, history_mask)
+
+    @torch.no_grad()
+    def embed_catalog(self, chunk_size: int = 8192) -> Tensor:
+        """All item vectors [N, D] in eval mode."""
+        was_training = self.training
+        self.eval()
+        index = torch.arange(self._catalog_size, device=self.device)
+        vectors = torch.cat([self.embed_items(chunk) for chunk in index.split(chunk_size)])
+        self.train(was_training)
+        return vectors
+
+    # -- training ---------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        history, weights, mask, target = (
+            batch["history_items"], batch["history_weights"], batch["history_mask"], batch["target"]
+        )
+        negatives, _ = sample_negatives(
+            self._catalog_size, self.hparams.num_negatives, item_counts=self.item_counts,
+            alpha=self.hparams.negative_sampling_alpha,
+        )
+        negatives = negatives.to(self.device)
+        # Run the item tower once over the unique items this batch touches.
+        touched, inverse = torch.unique(torch.cat([history.flatten(), target, negatives]), return_inverse=True)
+        vectors = self.embed_items(touched)  # [U, D]
+        n_history = history.numel()
+        buyers = self.buyer_tower.pool(vectors, inverse[:n_history].view(history.shape), weights, mask)  # [B, D]
+        # Candidates: each row's positive (duplicates across rows are masked as accidental hits) + negatives.
+        candidate_ids = torch.cat([target, negatives])  # [B + M]
+        candidates = vectors[inverse[n_history:]]  # [B + M, D]
+        log_q = None
+        if self.hparams.use_log_q_correction:
+            # positives arrive ∝ popularity, negatives ∝ popularity^alpha: correct by the expected count of each
+            log_q = mixed_log_q(
+                item_log_q(self.item_counts, 1.0)[candidate_ids], len(target),
+                item_log_q(self.item_counts, self.hparams.negative_sampling_alpha)[candidate_ids], len(negatives),
+            )
+        loss = self.loss_fn(
+            buyers, candidates, torch.arange(len(target), device=self.device),
+            query_item_ids=target, candidate_item_ids=candidate_ids, candidate_log_q=log_q,
+        )
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(target))
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
+        optimizer = factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "interval": "epoch"}}
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def _start_eval(self, prefix: str) -> None:
+        self._item_embeddings = self.embed_catalog()
+        self._metrics = torch.nn.ModuleDict(
+            {
+                "model": RetrievalMetrics(self.k_values, self._catalog_size, prefix=f"{prefix}/"),
+                "cold": RetrievalMetrics(self.k_values, self._catalog_size, prefix=f"{prefix}/cold/"),
+                "popularity": RetrievalMetrics(self.k_values, self._catalog_size, prefix=f"{prefix}/popularity/"),
+            }
+        ).to(self.device)
+        k = min(self.max_k, self._catalog_size)
+        self._popular = torch.topk(self.item_counts, k).indices  # [k]
+
+    def _eval_step(self, batch: dict[str, Tensor]) -> None:
+        buyers = self.embed_buyers(batch["history_items"], batch["history_weights"], batch["history_mask"], self._item_embeddings)
+        _, top = topk_scores_chunked(buyers.float(), self._item_embeddings.float(), self.max_k)  # [B, K]
+        target = batch["target"]
+        self._metrics["model"].update(top, target)
+        cold = self.item_counts[target] == 0
+        self._metrics["cold"].update(top[cold], target[cold])
+        self._metrics["popularity"].update(self._popular.expand(len(target), -1), target)
+
+    def _end_eval(self) -> dict[str, Tensor]:
+        values: dict[str, Tensor] = {}
+        for metric in self._metrics.values():
+            values.update(metric.compute())
+        self.log_dict(values, sync_dist=False)  # torchmetrics already synced the states across ranks
+        self._item_embeddings = None
+        return values
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval("val")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval()
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval("test")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval()
+
+    def predict_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor]:
+        """Item vectors [n, D] for a batch of catalog indices [n] (used by the export callback)."""
+        return {"items": batch, "vectors": self.embed_items(batch).float()}
+
+    # -- checkpoint -------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["twotower"] = {
+            "text_encoder_id": getattr(self.encoder, "id", None),
+            "embedding_dim": self.item_tower.output_dim,
+        }
+
+
+def load_module(ckpt_path: str | Path, text_encoder: Any = None, map_location: str = "cpu") -> TwoTowerModule:
+    """Load a TwoTowerModule checkpoint; pass the text encoder only to embed text (the buyer tower needs none)."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return TwoTowerModule.load_from_checkpoint(path, map_location=map_location, text_encoder=text_encoder, weights_only=False)
+
+
+def load_buyer_tower(ckpt_path: str | Path, map_location: str = "cpu") -> BuyerTower:
+    """Just the buyer tower of a checkpoint, in eval mode: all serving needs beside the stored item vectors."""
+    checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=False)
+    hparams = checkpoint["hyper_parameters"]
+    embedding_dim = dict(hparams.get("item_tower") or {}).get("output_dim", 384)
+    tower = BuyerTower(embedding_dim=embedding_dim, **dict(hparams.get("buyer_tower") or {}))
+    prefix = "buyer_tower."
+    tower.load_state_dict({k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
+    return tower.eval()
