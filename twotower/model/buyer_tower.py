@@ -7,6 +7,7 @@ and one yaml under conf/model/buyer_tower/.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -110,3 +111,17 @@ class BuyerTower(nn.Module):
     def pool(self, vectors: Tensor, index: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
         """Same result as forward(vectors[index], ...) for unique item vectors [U, D] and indices [B, L] into them."""
         return F.normalize(self.aggregate.pool(vectors, index, weights, mask.bool()), dim=-1)
+
+
+def load_buyer_tower(ckpt_path: str | Path, map_location: str = "cpu") -> BuyerTower:
+    """The buyer tower of a training checkpoint, in eval mode: all serving needs beside the stored item vectors.
+
+    Reads the checkpoint with torch alone, so serving workers start without importing Lightning.
+    """
+    checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=False)
+    hparams = checkpoint["hyper_parameters"]
+    embedding_dim = dict(hparams.get("item_tower") or {}).get("output_dim", 384)
+    tower = BuyerTower(embedding_dim=embedding_dim, **dict(hparams.get("buyer_tower") or {}))
+    prefix = "buyer_tower."
+    tower.load_state_dict({k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
+    return tower.eval()

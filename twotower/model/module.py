@@ -255,13 +255,3 @@ def load_module(ckpt_path: str | Path, text_encoder: Any = None, map_location: s
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     return TwoTowerModule.load_from_checkpoint(path, map_location=map_location, text_encoder=text_encoder, weights_only=False)
 
-
-def load_buyer_tower(ckpt_path: str | Path, map_location: str = "cpu") -> BuyerTower:
-    """Just the buyer tower of a checkpoint, in eval mode: all serving needs beside the stored item vectors."""
-    checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=False)
-    hparams = checkpoint["hyper_parameters"]
-    embedding_dim = dict(hparams.get("item_tower") or {}).get("output_dim", 384)
-    tower = BuyerTower(embedding_dim=embedding_dim, **dict(hparams.get("buyer_tower") or {}))
-    prefix = "buyer_tower."
-    tower.load_state_dict({k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
-    return tower.eval()

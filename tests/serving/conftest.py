@@ -1,0 +1,105 @@
+"""A tiny, self-made bundle for serving tests (no training needed); reusable via the `make_bundle` fixture."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from twotower.data.catalog import Catalog
+from twotower.model.buyer_tower import BuyerTower
+from twotower.retrieval.bundle import write_bundle
+from twotower.retrieval.index import IndexBuilder
+
+DIM = 16
+CATEGORIES = ("jewellery", "electronics", "perfume")
+BRANDS = ("لازوردي", "Samsung", "العربية للعود")
+
+
+def tiny_catalog(n: int = 60) -> Catalog:
+    """n products with Arabic titles, 3 categories x 3 brands, a duplicate id 'dup-p0' for p0, Zipf popularity."""
+    frame = pd.DataFrame(
+        {
+            "product_id": [f"p{i}" for i in range(n)],
+            "title": [f"منتج رقم {i}" for i in range(n)],
+            "description": [f"وصف المنتج {i}" for i in range(n)],
+            "brand": [BRANDS[i % 3] for i in range(n)],
+            "category": [CATEGORIES[(i // 3) % 3] for i in range(n)],
+            "photo_url": [f"https://example.com/{i}.jpg" for i in range(n)],
+            "popularity": np.array([1000.0 / (i + 1) for i in range(n)], dtype=np.float32),
+            "aliases": [["dup-p0"] if i == 0 else [] for i in range(n)],
+        }
+    )
+    return Catalog.from_frame(frame)
+
+
+def build_test_bundle(
+    directory: Path,
+    n: int = 60,
+    dim: int = DIM,
+    aggregation: str = "weighted_avg",
+    seed: int = 0,
+    index_kind: str = "flat",
+) -> Path:
+    """Write a complete bundle: tiny catalog, random normalized embeddings, an index and a buyer-tower checkpoint."""
+    rng = np.random.default_rng(seed)
+    embeddings = rng.standard_normal((n, dim)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    catalog = tiny_catalog(n)
+    index = IndexBuilder(index_kind).build(embeddings)
+    state = {}
+    if aggregation == "attention":
+        torch.manual_seed(seed)
+        state = {f"buyer_tower.{k}": v for k, v in BuyerTower("attention", dim).state_dict().items()}
+    ckpt = directory.parent / f"{directory.name}.ckpt"
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "hyper_parameters": {
+                "item_tower": {"output_dim": dim},
+                "buyer_tower": {"aggregation_method": aggregation, "options": {}},
+            },
+            "state_dict": state,
+        },
+        ckpt,
+    )
+    return write_bundle(
+        directory,
+        embeddings=embeddings,
+        catalog=catalog,
+        index=index,
+        checkpoint_path=ckpt,
+        config={
+            "data": {
+                "event_weights": {"view": 1.0, "add_to_cart": 5.0, "purchase": 10.0},
+                "event_aliases": {"purchase": ["checkout_success"]},
+                "max_history": 100,
+            }
+        },
+        metrics={},
+        counts={"buyers": 0},
+        text_encoder_id="test",
+    )
+
+
+@pytest.fixture(scope="session")
+def make_bundle(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """make_bundle(name, **kwargs) -> bundle directory (built once per name per session)."""
+    root = tmp_path_factory.mktemp("bundles")
+    built: dict[str, Path] = {}
+
+    def make(name: str = "tiny", **kwargs: object) -> Path:
+        if name not in built:
+            built[name] = build_test_bundle(root / name, **kwargs)  # type: ignore[arg-type]
+        return built[name]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(make_bundle: Callable[..., Path]) -> Path:
+    return make_bundle("tiny")

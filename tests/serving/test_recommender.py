@@ -1,0 +1,137 @@
+"""The pure serving core: resolution, fallback, filters, exclusion, batching, per-request errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from twotower.serving.recommender import Query, QueryError, Recommendation, Recommender
+
+
+@pytest.fixture(scope="module")
+def rec(tiny_bundle: Path) -> Recommender:
+    return Recommender.from_bundle(tiny_bundle)
+
+
+def one(rec: Recommender, query: Query) -> Recommendation:
+    (result,) = rec.retrieve([query])
+    assert isinstance(result, Recommendation), result
+    return result
+
+
+def test_happy_path_returns_k_enriched_items(rec: Recommender) -> None:
+    result = one(rec, Query(["p1", "p2"], ["view", "purchase"], k=5))
+    assert len(result.items) == 5 and result.fallback is None and result.unknown_product_ids == []
+    item = result.items[0]
+    assert set(item) == {"product_id", "score", "title", "description", "brand", "category", "photo_url"}
+    row = rec.catalog.product_ids.index(item["product_id"])
+    assert item["title"] == rec.catalog.titles[row] and item["title"].startswith("منتج")
+    scores = [i["score"] for i in result.items]
+    assert scores == sorted(scores, reverse=True)
+    assert result.model_version == rec.version
+
+
+def test_scores_match_the_exact_weighted_average(rec: Recommender) -> None:
+    result = one(rec, Query(["p1", "p2"], ["view", "Purchase"], k=3, exclude_seen=False))
+    vector = rec.embeddings[1] * 1.0 + rec.embeddings[2] * 10.0
+    vector /= np.linalg.norm(vector)
+    expected = np.argsort(-(rec.embeddings @ vector))[:3]
+    assert [i["product_id"] for i in result.items] == [f"p{r}" for r in expected]
+    assert result.items[0]["score"] == pytest.approx(float(rec.embeddings[expected[0]] @ vector), abs=1e-5)
+
+
+def test_alias_and_unknown_ids(rec: Recommender) -> None:
+    via_alias = one(
+        rec, Query(["dup-p0", "missing-1", "missing-1"], ["view", "view", "view"], k=4, exclude_seen=True)
+    )
+    direct = one(rec, Query(["p0"], ["view"], k=4))
+    assert via_alias.unknown_product_ids == ["missing-1"]  # reported once, not fatal
+    assert [i["product_id"] for i in via_alias.items] == [i["product_id"] for i in direct.items]
+    assert "p0" not in [
+        i["product_id"] for i in via_alias.items
+    ]  # the duplicate counts as its canonical item
+
+
+def test_cold_buyer_gets_flagged_popular_fallback(rec: Recommender) -> None:
+    result = one(rec, Query(["nobody-knows"], ["view"], k=3))
+    assert result.fallback == "popular" and result.unknown_product_ids == ["nobody-knows"]
+    assert [i["product_id"] for i in result.items] == ["p0", "p1", "p2"]  # popularity = 1000 / (i + 1)
+    empty = one(rec, Query([], [], k=2))
+    assert empty.fallback == "popular" and len(empty.items) == 2
+
+
+def test_exclude_seen(rec: Recommender) -> None:
+    base = one(rec, Query(["p5"], ["view"], k=10, exclude_seen=False))
+    top = base.items[0]["product_id"]
+    history = ["p5", top]
+    kept = one(rec, Query(history, ["view", "view"], k=10, exclude_seen=False))
+    dropped = one(rec, Query(history, ["view", "view"], k=10, exclude_seen=True))
+    assert top in [i["product_id"] for i in kept.items]
+    assert not set(history) & {i["product_id"] for i in dropped.items} and len(dropped.items) == 10
+
+
+def test_filters_still_return_k(rec: Recommender) -> None:
+    result = one(rec, Query(["p1"], ["view"], k=8, categories=["Perfume"], brands=["samsung", "لازوردي"]))
+    assert len(result.items) == 8
+    assert all(i["category"] == "perfume" and i["brand"] in ("Samsung", "لازوردي") for i in result.items)
+    cold = one(rec, Query([], [], k=3, categories=["electronics"]))
+    assert cold.fallback == "popular" and all(i["category"] == "electronics" for i in cold.items)
+    assert one(rec, Query(["p1"], ["view"], k=5, categories=["no-such-category"])).items == []
+
+
+def test_filters_over_fetch_from_the_index(tiny_bundle: Path) -> None:
+    from twotower.serving.recommender import RecommenderSettings
+
+    rec = Recommender.from_bundle(
+        tiny_bundle, RecommenderSettings(exact_filter_max=0)
+    )  # force the index path
+    result = one(rec, Query(["p1"], ["view"], k=15, categories=["jewellery"]))
+    assert len(result.items) == 15 and all(i["category"] == "jewellery" for i in result.items)
+
+
+def test_bad_request_does_not_fail_its_batch(rec: Recommender) -> None:
+    results = rec.retrieve(
+        [Query(["p1"], ["view"], k=3), Query(["p1"], ["teleported"], k=3), Query(["zzz"], ["view"], k=3)]
+    )
+    assert isinstance(results[0], Recommendation) and isinstance(results[2], Recommendation)
+    assert isinstance(results[1], QueryError) and "teleported" in str(results[1]) and results[1].status == 422
+
+
+def test_batched_equals_one_by_one(rec: Recommender) -> None:
+    queries = [Query([f"p{i}", f"p{i + 7}"], ["view", "add_to_cart"], k=6) for i in range(10)]
+    batched = rec.retrieve(queries)
+    for query, result in zip(queries, batched, strict=True):
+        single = one(rec, query)
+        assert [i["product_id"] for i in result.items] == [i["product_id"] for i in single.items]
+
+
+def test_training_event_aliases_are_used(rec: Recommender) -> None:
+    # the bundle's config adds "checkout_success" as a purchase spelling
+    a = one(rec, Query(["p1", "p2"], ["view", "checkout_success"], k=5))
+    b = one(rec, Query(["p1", "p2"], ["view", "purchase"], k=5))
+    assert [i["product_id"] for i in a.items] == [i["product_id"] for i in b.items]
+
+
+def test_history_truncated_to_most_recent_by_timestamp(tiny_bundle: Path) -> None:
+    rec = Recommender.from_bundle(tiny_bundle)
+    rec.max_history = 1
+    newest_first = Query(["p3", "p4"], ["view", "view"], timestamps=[200.0, 100.0], k=3, exclude_seen=False)
+    only_p3 = Query(["p3"], ["view"], k=3, exclude_seen=False)
+    assert [i["product_id"] for i in one(rec, newest_first).items] == [
+        i["product_id"] for i in one(rec, only_p3).items
+    ]
+
+
+def test_encode(rec: Recommender) -> None:
+    good, empty = rec.encode([Query(["p1", "ghost"], ["view", "view"]), Query(["ghost"], ["view"])])
+    assert good.embedding.shape == (rec.dim,) and good.unknown_product_ids == ["ghost"]
+    assert np.linalg.norm(good.embedding) == pytest.approx(1.0, abs=1e-5)
+    assert isinstance(empty, QueryError) and "nothing to encode" in str(empty)
+
+
+def test_attention_checkpoint_and_hnsw_index(make_bundle) -> None:
+    rec = Recommender.from_bundle(make_bundle("attention", aggregation="attention", index_kind="hnsw"))
+    assert rec.info()["aggregation"] == "attention" and rec.info()["index"]["kind"] == "hnsw"
+    assert len(one(rec, Query(["p1", "p9"], ["view", "purchase"], k=10)).items) == 10

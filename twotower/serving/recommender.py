@@ -1,0 +1,420 @@
+"""The serving core, without HTTP: product ids -> buyer vector -> top-k -> catalog-enriched items.
+
+Built once from a bundle; everything a request needs is precomputed (id -> row dict, popularity order,
+category/brand -> rows), so a request costs a few dict lookups, one batched buyer-tower call, one batched
+index search and O(k) enrichment. History items use the bundle's stored item embeddings: no text is encoded
+per request.
+
+Per-request problems (unknown event type, nothing to encode) come back as `QueryError` values in the result
+list instead of being raised, so one bad request never fails the other requests of its batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from twotower.data.schema import EVENT_TYPES, EventSchema, normalize_key
+from twotower.model.buyer_tower import BuyerTower, load_buyer_tower
+from twotower.retrieval.bundle import Bundle, load_bundle
+from twotower.retrieval.index import IndexBuilder, VectorIndex
+
+log = logging.getLogger(__name__)
+
+
+class QueryError(ValueError):
+    """A request that cannot be answered as asked; `status` is the HTTP status it maps to."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Query:
+    """One buyer's request. `event_types` are raw names (any known spelling); `timestamps` are epoch seconds."""
+
+    product_ids: Sequence[str]
+    event_types: Sequence[str]
+    timestamps: Sequence[float | None] | None = None
+    k: int = 10
+    exclude_seen: bool = True
+    categories: Sequence[str] | None = None
+    brands: Sequence[str] | None = None
+
+
+@dataclass
+class Recommendation:
+    items: list[dict[str, Any]]
+    unknown_product_ids: list[str]
+    fallback: str | None
+    model_version: str
+
+
+@dataclass
+class BuyerVector:
+    embedding: np.ndarray  # float32 [D]
+    unknown_product_ids: list[str]
+    model_version: str
+
+
+@dataclass
+class _Prepared:
+    rows: np.ndarray  # int64 [L] known history rows, oldest first
+    weights: np.ndarray  # float32 [L]
+    unknown: list[str]
+    seen: set[int] = field(default_factory=set)
+
+
+@dataclass
+class RecommenderSettings:
+    """Serving knobs. `index` rebuilds the bundle's index at load (e.g. "hnsw" for a bundle exported with flat)."""
+
+    threads: int = 1
+    index: str | None = None
+    index_options: dict | None = None
+    overfetch: float = 2.0
+    exact_filter_max: int = 20_000
+    max_interactions: int = 100
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"recommender.threads must be >= 1, got {self.threads}")
+        if self.overfetch < 1:
+            raise ValueError(f"recommender.overfetch must be >= 1, got {self.overfetch}")
+        if self.exact_filter_max < 0:
+            raise ValueError(f"recommender.exact_filter_max must be >= 0, got {self.exact_filter_max}")
+
+
+def event_schema_of(manifest: dict) -> EventSchema:
+    """The event names and weights a bundle was trained with (defaults where its config has none)."""
+    data = dict(dict(manifest.get("config") or {}).get("data") or {})
+    return EventSchema(
+        weights=dict(data.get("event_weights") or {}), aliases=dict(data.get("event_aliases") or {})
+    )
+
+
+class Recommender:
+    """Answers retrieve/encode queries from one loaded bundle; immutable after construction (safe to swap)."""
+
+    def __init__(
+        self, bundle: Bundle, buyer_tower: BuyerTower, settings: RecommenderSettings | None = None
+    ) -> None:
+        if bundle.index is None:
+            raise ValueError(f"bundle {bundle.path} was loaded without its index (load_index=False)")
+        self.settings = settings or RecommenderSettings()
+        self.bundle = bundle
+        self.version = bundle.version
+        self.tower = buyer_tower.eval()
+        self.index: VectorIndex = bundle.index
+        catalog = bundle.catalog
+        self.catalog = catalog
+        self.embeddings = np.ascontiguousarray(bundle.embeddings, dtype=np.float32)
+        self.num_items, self.dim = self.embeddings.shape
+        self.schema = event_schema_of(bundle.manifest)
+        self.weight_by_code = self.schema.weight_array
+        data_cfg = dict(dict(bundle.manifest.get("config") or {}).get("data") or {})
+        self.max_history = int(data_cfg.get("max_history") or self.settings.max_interactions)
+        self._event_codes: dict[str, int] = {}
+        self._aliases = catalog.aliases  # raw id -> row (duplicates included): O(1) resolution
+        popularity = np.asarray(catalog.popularity, dtype=np.float32)
+        self._popular = np.argsort(-popularity, kind="stable")  # rows, most popular first
+        top = float(popularity.max()) if len(popularity) and popularity.max() > 0 else 1.0
+        self._popularity_share = popularity / top
+        self._rows_by_category = self._group_rows(catalog.categories)
+        self._rows_by_brand = self._group_rows(catalog.brands)
+        # Catalog columns as plain lists: enrichment is O(1) per returned item.
+        self._fields = (
+            catalog.product_ids,
+            catalog.titles,
+            catalog.descriptions,
+            catalog.brands,
+            catalog.categories,
+            catalog.photo_urls,
+        )
+
+    # -- construction -------------------------------------------------------------------------------
+    @classmethod
+    def from_bundle(cls, path: str | Path, settings: RecommenderSettings | None = None) -> Recommender:
+        """Load a bundle (checksums and consistency checked) and its buyer tower; optionally rebuild the index."""
+        settings = settings or RecommenderSettings()
+        torch.set_num_threads(settings.threads)
+        bundle = load_bundle(path, load_index=settings.index is None)
+        if settings.index is not None:
+            builder = IndexBuilder(kind=settings.index, **dict(settings.index_options or {}))
+            log.info("rebuilding the index of %s as %s", bundle.path, builder)
+            bundle.index = builder.build(bundle.embeddings)
+        tower = load_buyer_tower(bundle.checkpoint_path)
+        recommender = cls(bundle, tower, settings)
+        recommender.warm_up()
+        return recommender
+
+    @staticmethod
+    def _group_rows(values: Sequence[str]) -> dict[str, np.ndarray]:
+        groups: dict[str, list[int]] = {}
+        for row, value in enumerate(values):
+            key = normalize_key(value)
+            if key:
+                groups.setdefault(key, []).append(row)
+        return {key: np.asarray(rows, dtype=np.int64) for key, rows in groups.items()}
+
+    def warm_up(self) -> None:
+        """One query through every path so the first real request does not pay for lazy initialization."""
+        pid = self.catalog.product_ids[0]
+        self.retrieve([Query([pid], ["view"], k=1), Query([], [], k=1)])
+
+    def info(self) -> dict[str, Any]:
+        manifest = self.bundle.manifest
+        return {
+            "model_version": self.version,
+            "bundle": str(self.bundle.path),
+            "created_at": manifest.get("created_at"),
+            "git_commit": manifest.get("git_commit"),
+            "text_encoder_id": manifest.get("text_encoder_id"),
+            "embedding_dim": self.dim,
+            "num_products": self.num_items,
+            "num_product_ids": len(self._aliases),
+            "num_categories": len(self._rows_by_category),
+            "num_brands": len(self._rows_by_brand),
+            "index": {
+                "kind": self.index.kind,
+                "ntotal": self.index.ntotal,
+                **{
+                    k: v for k, v in self.index.info.items() if k in ("factory", "params", "recall", "metric")
+                },
+            },
+            "aggregation": getattr(self.tower, "aggregation_method", None),
+            "max_history": self.max_history,
+            "event_weights": dict(zip(EVENT_TYPES, self.weight_by_code.tolist(), strict=True)),
+            "counts": manifest.get("counts", {}),
+            "metrics": manifest.get("metrics", {}),
+        }
+
+    # -- request preparation -------------------------------------------------------------------------
+    def _event_code(self, name: str) -> int:
+        code = self._event_codes.get(name)
+        if code is None:
+            code = self.schema.code(name)
+            if len(self._event_codes) < 4096:  # bounded memo of raw spellings
+                self._event_codes[name] = code
+        return code
+
+    def _prepare(self, query: Query) -> _Prepared:
+        n = len(query.product_ids)
+        if n != len(query.event_types):
+            raise QueryError(f"{n} product ids but {len(query.event_types)} event types")
+        if n > self.settings.max_interactions:
+            raise QueryError(f"{n} interactions; at most {self.settings.max_interactions} are accepted")
+        if query.k < 1:
+            raise QueryError(f"k must be >= 1, got {query.k}")
+        rows: list[int] = []
+        codes: list[int] = []
+        order: list[float] = []
+        unknown: list[str] = []
+        stamps = query.timestamps
+        for i, (pid, event) in enumerate(zip(query.product_ids, query.event_types, strict=True)):
+            code = self._event_code(event)
+            if code < 0:
+                raise QueryError(
+                    f"recent_interactions[{i}].event_type {event!r} is not a known event type; "
+                    f"known: {', '.join(EVENT_TYPES)} (or their aliases)"
+                )
+            row = self._aliases.get(pid, -1)
+            if row < 0:
+                if pid not in unknown:
+                    unknown.append(pid)
+                continue
+            rows.append(row)
+            codes.append(code)
+            stamp = stamps[i] if stamps is not None else None
+            order.append(float(i) if stamp is None else stamp)
+        row_arr = np.asarray(rows, dtype=np.int64)
+        code_arr = np.asarray(codes, dtype=np.int64)
+        if len(rows) > self.max_history:
+            # Keep the most recent max_history, as training did (by timestamp when given, else list order).
+            keep = np.sort(np.argsort(np.asarray(order), kind="stable")[-self.max_history :])
+            row_arr, code_arr = row_arr[keep], code_arr[keep]
+        seen = set(rows) if query.exclude_seen else set()
+        return _Prepared(row_arr, self.weight_by_code[code_arr], unknown, seen)
+
+    def _allowed_rows(self, query: Query) -> np.ndarray | None:
+        """Sorted rows passing the category/brand filters, or None when the query has no filter."""
+        allowed: np.ndarray | None = None
+        for values, groups in (
+            (query.categories, self._rows_by_category),
+            (query.brands, self._rows_by_brand),
+        ):
+            if not values:
+                continue
+            parts = [groups.get(normalize_key(v)) for v in values]
+            rows = np.unique(np.concatenate([p for p in parts if p is not None] or [np.empty(0, np.int64)]))
+            allowed = rows if allowed is None else np.intersect1d(allowed, rows, assume_unique=True)
+        return allowed
+
+    # -- model ---------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _buyer_vectors(self, prepared: Sequence[_Prepared]) -> np.ndarray:
+        """Buyer vectors float32 [B, D] for histories that have at least one known item."""
+        length = max(len(p.rows) for p in prepared)
+        rows = np.zeros((len(prepared), length), dtype=np.int64)
+        weights = np.zeros((len(prepared), length), dtype=np.float32)
+        mask = np.zeros((len(prepared), length), dtype=bool)
+        for b, p in enumerate(prepared):
+            n = len(p.rows)
+            rows[b, :n], weights[b, :n], mask[b, :n] = p.rows, p.weights, True
+        history = torch.from_numpy(self.embeddings[rows])  # [B, L, D]
+        vectors = self.tower(history, torch.from_numpy(weights), torch.from_numpy(mask))  # [B, D]
+        return np.ascontiguousarray(vectors.float().numpy())
+
+    # -- public API ------------------------------------------------------------------------------------
+    def encode(self, queries: Sequence[Query]) -> list[BuyerVector | QueryError]:
+        """Buyer vectors for a batch; a query with no known product is a QueryError (nothing to encode)."""
+        out: list[BuyerVector | QueryError] = []
+        prepared, slots = [], []
+        for query in queries:
+            try:
+                p = self._prepare(query)
+            except QueryError as error:
+                out.append(error)
+                continue
+            if len(p.rows) == 0:
+                unknown = ", ".join(repr(u) for u in p.unknown[:5]) or "none given"
+                out.append(
+                    QueryError(
+                        f"no known product in recent_interactions (unknown ids: {unknown}); nothing to encode"
+                    )
+                )
+                continue
+            slots.append(len(out))
+            out.append(QueryError("pending"))
+            prepared.append(p)
+        if prepared:
+            vectors = self._buyer_vectors(prepared)
+            for slot, p, vector in zip(slots, prepared, vectors, strict=True):
+                out[slot] = BuyerVector(vector, p.unknown, self.version)
+        return out
+
+    def retrieve(self, queries: Sequence[Query]) -> list[Recommendation | QueryError]:
+        """Top-k recommendations for a batch of queries (errors in place, never raised for one query)."""
+        out: list[Recommendation | QueryError] = []
+        warm: list[tuple[int, Query, _Prepared]] = []
+        for query in queries:
+            try:
+                p = self._prepare(query)
+            except QueryError as error:
+                out.append(error)
+                continue
+            if len(p.rows) == 0:
+                out.append(self._popular_fallback(query, p))
+            else:
+                warm.append((len(out), query, p))
+                out.append(QueryError("pending"))
+        if warm:
+            vectors = self._buyer_vectors([p for _, _, p in warm])
+            allowed = [self._allowed_rows(query) for _, query, _ in warm]
+            unfiltered = [i for i, a in enumerate(allowed) if a is None]
+            if unfiltered:
+                self._search_unfiltered([warm[i] for i in unfiltered], vectors[unfiltered], out)
+            for i, (slot, query, p) in enumerate(warm):
+                if allowed[i] is not None:
+                    out[slot] = self._search_filtered(query, p, vectors[i], allowed[i])
+        return out
+
+    # -- search ------------------------------------------------------------------------------------------
+    def _pick(
+        self, scores: np.ndarray, ids: np.ndarray, k: int, seen: set[int], allowed: np.ndarray | None = None
+    ) -> tuple[list[int], list[float]]:
+        rows, kept = [], []
+        for score, row in zip(scores.tolist(), ids.tolist(), strict=True):
+            if row < 0 or row in seen:
+                continue
+            if allowed is not None and not _contains(allowed, row):
+                continue
+            rows.append(row)
+            kept.append(score)
+            if len(rows) == k:
+                break
+        return rows, kept
+
+    def _search_unfiltered(
+        self,
+        warm: list[tuple[int, Query, _Prepared]],
+        vectors: np.ndarray,
+        out: list[Recommendation | QueryError],
+    ) -> None:
+        # One batched search; fetch enough to still have k after dropping seen items and ANN padding.
+        pending = list(range(len(warm)))
+        fetch = max(q.k + len(p.seen) for _, q, p in warm)
+        while pending:
+            fetch = min(fetch, self.num_items)
+            scores, ids = self.index.search(vectors[pending], fetch)
+            retry = []
+            for j, w in enumerate(pending):
+                slot, query, p = warm[w]
+                rows, kept = self._pick(scores[j], ids[j], query.k, p.seen)
+                reachable = self.num_items - len(p.seen)
+                if len(rows) < min(query.k, reachable) and fetch < self.num_items:
+                    retry.append(w)  # an ANN index returned fewer than asked: ask for more
+                else:
+                    out[slot] = self._result(rows, kept, p, None)
+            pending, fetch = retry, fetch * 2
+
+    def _search_filtered(
+        self, query: Query, p: _Prepared, vector: np.ndarray, allowed: np.ndarray
+    ) -> Recommendation:
+        need = query.k + len(p.seen)
+        if len(allowed) <= self.settings.exact_filter_max or len(allowed) <= need:
+            # Small candidate set: exact scores over it guarantee k results and cost O(|allowed| * D).
+            scores = self.embeddings[allowed] @ vector  # [|allowed|]
+            top = min(len(allowed), need)
+            best = np.argpartition(-scores, top - 1)[:top] if top < len(allowed) else np.arange(len(allowed))
+            best = best[np.argsort(-scores[best], kind="stable")]
+            rows, kept = self._pick(scores[best], allowed[best], query.k, p.seen)
+            return self._result(rows, kept, p, None)
+        # Large candidate set: over-fetch from the index in proportion to how much the filter removes.
+        fetch = int(need * self.settings.overfetch * self.num_items / len(allowed)) + 1
+        while True:
+            fetch = min(fetch, self.num_items)
+            scores, ids = self.index.search(vector[None, :], fetch)
+            rows, kept = self._pick(scores[0], ids[0], query.k, p.seen, allowed)
+            if len(rows) >= query.k or fetch >= self.num_items:
+                return self._result(rows, kept, p, None)
+            fetch *= 2
+
+    def _popular_fallback(self, query: Query, p: _Prepared) -> Recommendation:
+        allowed = self._allowed_rows(query)
+        if allowed is None:
+            ranked = self._popular[: query.k + len(p.seen)]
+        else:
+            ranked = allowed[np.argsort(-self._popularity_share[allowed], kind="stable")]
+        rows, kept = self._pick(self._popularity_share[ranked], ranked, query.k, p.seen)
+        return self._result(rows, kept, p, "popular")
+
+    def _result(
+        self, rows: list[int], scores: list[float], p: _Prepared, fallback: str | None
+    ) -> Recommendation:
+        ids, titles, descriptions, brands, categories, photos = self._fields
+        items = [
+            {
+                "product_id": ids[r],
+                "score": s,
+                "title": titles[r],
+                "description": descriptions[r],
+                "brand": brands[r],
+                "category": categories[r],
+                "photo_url": photos[r],
+            }
+            for r, s in zip(rows, scores, strict=True)
+        ]
+        return Recommendation(items, p.unknown, fallback, self.version)
+
+
+def _contains(sorted_rows: np.ndarray, row: int) -> bool:
+    i = int(np.searchsorted(sorted_rows, row))
+    return i < len(sorted_rows) and int(sorted_rows[i]) == row

@@ -1,0 +1,139 @@
+"""Request and response models of the HTTP service (pydantic v2).
+
+FastAPI validates requests against these models before they reach the inference worker, so a malformed
+request is answered 422 by the HTTP process and never joins a batch. Limits are module constants so that
+tests, docs and the OpenAPI schema agree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from twotower.data.schema import EVENT_TYPES, EventSchema
+
+MAX_INTERACTIONS = 100
+MAX_K = 100
+MAX_ID_LENGTH = 128
+MAX_EVENT_NAME_LENGTH = 64
+MAX_FILTER_VALUES = 50
+
+# The event names the HTTP process accepts; serve.py replaces it with the bundle's training-time schema
+# (`configure_event_schema`) before the API processes fork. Workers re-check against their own bundle.
+_event_schema = EventSchema()
+
+
+def configure_event_schema(schema: EventSchema) -> None:
+    """Accept the event spellings of `schema` (the bundle's training config) in request validation."""
+    global _event_schema
+    _event_schema = schema
+
+
+ProductId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID_LENGTH)]
+FilterValue = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID_LENGTH)]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo such as "recent_interaction" must not silently mean "no history".
+    # Numeric ids (product_id: 123) are accepted and compared as strings, like the catalog's ids.
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+
+class Interaction(_Strict):
+    product_id: ProductId = Field(description="A catalog product id (a duplicate's id works too).")
+    event_type: Annotated[str, StringConstraints(min_length=1, max_length=MAX_EVENT_NAME_LENGTH)] = Field(
+        description=f"One of {list(EVENT_TYPES)} or a known spelling (Purchase, order_completed, Add To Cart...).",
+        examples=list(EVENT_TYPES),
+    )
+    timestamp: float | dt.datetime | None = Field(
+        default=None,
+        description="Optional ISO-8601 time or epoch seconds; orders the history when it is truncated.",
+    )
+
+    @field_validator("event_type")
+    @classmethod
+    def _known_event(cls, value: str) -> str:
+        if _event_schema.code(value) < 0:
+            raise ValueError(
+                f"unknown event type {value!r}; known types: {', '.join(EVENT_TYPES)} (or their aliases)"
+            )
+        return value
+
+    @field_validator("timestamp")
+    @classmethod
+    def _finite_time(cls, value: float | dt.datetime | None) -> float | dt.datetime | None:
+        if isinstance(value, float) and not (-1e13 < value < 1e13):
+            raise ValueError("timestamp must be a finite epoch time in seconds")
+        return value
+
+    def epoch(self) -> float | None:
+        """The timestamp as epoch seconds (naive datetimes are taken as UTC)."""
+        if self.timestamp is None or isinstance(self.timestamp, float | int):
+            return None if self.timestamp is None else float(self.timestamp)
+        stamp = self.timestamp if self.timestamp.tzinfo else self.timestamp.replace(tzinfo=dt.timezone.utc)
+        return stamp.timestamp()
+
+
+class Filters(_Strict):
+    categories: list[FilterValue] | None = Field(
+        default=None, max_length=MAX_FILTER_VALUES, description="Keep items in any of these categories."
+    )
+    brands: list[FilterValue] | None = Field(
+        default=None, max_length=MAX_FILTER_VALUES, description="Keep items of any of these brands."
+    )
+
+
+class BuyerRequest(_Strict):
+    buyer_id: Annotated[str, StringConstraints(max_length=MAX_ID_LENGTH)] | None = Field(
+        default=None, description="Optional, for logs; the model uses only the interactions."
+    )
+    recent_interactions: list[Interaction] = Field(
+        max_length=MAX_INTERACTIONS, description=f"Up to {MAX_INTERACTIONS} interactions, oldest first."
+    )
+
+
+class RetrieveRequest(BuyerRequest):
+    k: int = Field(default=10, ge=1, le=MAX_K, description="How many products to return.")
+    exclude_seen: bool = Field(default=True, description="Leave out products named in recent_interactions.")
+    filters: Filters | None = None
+
+
+class EncodeBuyerRequest(BuyerRequest):
+    pass
+
+
+class Item(BaseModel):
+    product_id: str
+    score: float = Field(
+        description="Inner product with the buyer vector; popularity share (0..1) in the fallback."
+    )
+    title: str
+    description: str
+    brand: str
+    category: str
+    photo_url: str
+
+
+class RetrieveResponse(BaseModel):
+    items: list[Item]
+    unknown_product_ids: list[str]
+    fallback: Literal["popular"] | None = Field(description="'popular' when the buyer had no known products.")
+    model_version: str
+
+
+class EncodeBuyerResponse(BaseModel):
+    embedding: list[float]
+    unknown_product_ids: list[str]
+    model_version: str
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class ReloadRequest(_Strict):
+    bundle: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = Field(
+        default=None, description="Bundle directory to load; default: the bundle the server was started with."
+    )
