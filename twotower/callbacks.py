@@ -91,6 +91,7 @@ class BundleExporter(BasePredictionWriter):
         self.recall_queries, self.refresh_on_best = recall_queries, refresh_on_best
         self.run_config: dict | None = None  # set by the entry point: the resolved run config for the manifest
         self.checkpoint_path: str | None = None  # set by the entry point for exports outside a fit
+        self.metrics: dict[str, float] | None = None  # set by the entry point: predict resets callback_metrics
         self.written: Path | None = None
         self._last_best: str | None = None
 
@@ -101,7 +102,8 @@ class BundleExporter(BasePredictionWriter):
         return str(path)
 
     def _metrics(self, trainer: L.Trainer) -> dict[str, float]:
-        return {k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("train/")}
+        metrics = self.metrics if self.metrics is not None else trainer.callback_metrics
+        return {k: float(v) for k, v in metrics.items() if not k.startswith("train/")}
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module: Any, predictions: list, batch_indices: Any) -> None:
         items = torch.cat([p["items"] for p in predictions]) if predictions else torch.zeros(0, dtype=torch.long)

@@ -80,6 +80,8 @@ def _check_node(node: DictConfig, path: str, provided_at_runtime: Mapping[str, s
         if isinstance(value, DictConfig) and "_target_" in value:
             continue
         plain = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+        if plain is None and key in hints and not _matches(None, hints[key]):
+            raise ConfigError(f"config key '{full}' is required but not set (null); set it with {full}=...")
         if key in hints and not _matches(plain, hints[key]):
             raise ConfigError(
                 f"config key '{full}' should be {hints[key]}, got {type(plain).__name__} {plain!r}"
@@ -98,6 +100,8 @@ def validate_config(cfg: DictConfig, provided_at_runtime: Mapping[str, set[str]]
     provided = provided_at_runtime or {}
 
     def walk(node: Any, path: str) -> None:
+        if isinstance(node, DictConfig | ListConfig) and (node._is_none() or node._is_missing()):
+            return
         if isinstance(node, DictConfig):
             if "_target_" in node:
                 _check_node(node, path, provided)

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 RUNTIME_ARGS = {
     "model": {"text_dim", "brand_vocab", "category_vocab", "text_encoder", "text_encoder_config"},
     "trainer": {"callbacks", "logger"},
+    "exporter": {"index"},
 }
 
 

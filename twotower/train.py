@@ -29,7 +29,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if run.exporter is None:
             log.warning("export=true but callbacks has no bundle_exporter; no bundle written")
         else:
-            run.exporter.checkpoint_path = ckpt
+            run.exporter.checkpoint_path, run.exporter.metrics = ckpt, metrics
             run.trainer.predict(run.model, datamodule=run.datamodule, ckpt_path=ckpt, return_predictions=False)
     record_hparams(run, cfg, metrics)
     return metrics

@@ -282,3 +282,14 @@ def test_taste_beats_popularity(frames) -> None:
     assert n_test > 300
     assert pop > 0.02, f"popularity should remain a real baseline, recall@10={pop:.3f}"
     assert taste >= 2 * pop, f"taste recall@10={taste:.3f} vs popularity {pop:.3f}"
+
+
+def test_ensure_sample_regenerates_when_settings_change(tmp_path):
+    from twotower.data.sample import ensure_sample
+
+    first = ensure_sample(tmp_path, products=60, buyers=20, seed=1)
+    size_small = first["products"].stat().st_size
+    again = ensure_sample(tmp_path, products=60, buyers=20, seed=1)
+    assert again["products"].stat().st_mtime_ns == first["products"].stat().st_mtime_ns  # reused
+    bigger = ensure_sample(tmp_path, products=120, buyers=20, seed=1)
+    assert bigger["products"].stat().st_size > size_small

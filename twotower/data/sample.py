@@ -708,15 +708,32 @@ def generate_sample(
 
 
 def ensure_sample(out_dir: str | Path, **kwargs: Any) -> dict[str, Path]:
-    """The sample dataset's paths under `out_dir`, generating it (with `generate_sample`'s kwargs) if any file is missing.
+    """The sample dataset's paths under `out_dir`, generating it (with `generate_sample`'s kwargs) when missing.
 
-    Existing files are used as they are, whatever the kwargs; delete the folder to regenerate.
+    The generation arguments are recorded in `sample.json`; when they differ from `kwargs` (say a smaller
+    sample was asked for), the dataset is generated again. Files without a `sample.json` are used as they are.
     """
-    paths = _paths(Path(out_dir))
+    out_dir = Path(out_dir)
+    paths = _paths(out_dir)
+    record = out_dir / "sample.json"
     if all(p.is_file() for p in paths.values()):
-        return paths
-    log.info("sample dataset missing under %s; generating it", out_dir)
-    return generate_sample(out_dir, **kwargs)
+        if not record.is_file():
+            return paths
+        if json.loads(record.read_text(encoding="utf-8")) == _canonical_kwargs(kwargs):
+            return paths
+        log.info("sample dataset under %s was generated with other settings; generating it again", out_dir)
+    else:
+        log.info("sample dataset missing under %s; generating it", out_dir)
+    paths = generate_sample(out_dir, **kwargs)
+    tmp = out_dir / f".sample.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(_canonical_kwargs(kwargs), sort_keys=True), encoding="utf-8")
+    os.replace(tmp, record)
+    return paths
+
+
+def _canonical_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    defaults = {"products": 2000, "buyers": 1000, "seed": 0, "events_per_buyer": 30.0}
+    return {k: float(v) if k == "events_per_buyer" else int(v) for k, v in {**defaults, **kwargs}.items()}
 
 
 def _summary(paths: dict[str, Path], stats: dict[str, int], seed: int) -> str:

