@@ -5,7 +5,13 @@ import pytest
 from twotower.data.catalog import load_catalog
 from twotower.data.report import DataReport
 from twotower.data.schema import DataValidationError, EventSchema
-from twotower.data.sequences import INVALID_TIME, build_examples, gather_histories, load_events, parse_timestamps
+from twotower.data.sequences import (
+    INVALID_TIME,
+    build_examples,
+    gather_histories,
+    load_events,
+    parse_timestamps,
+)
 
 
 def test_timestamps_in_every_accepted_form():

@@ -16,7 +16,14 @@ from twotower.data.catalog import Catalog, load_catalog
 from twotower.data.io import DEFAULT_CHUNKSIZE
 from twotower.data.report import DataReport
 from twotower.data.schema import EventSchema
-from twotower.data.sequences import EventLog, Examples, build_examples, gather_histories, item_counts, load_events
+from twotower.data.sequences import (
+    EventLog,
+    Examples,
+    build_examples,
+    gather_histories,
+    item_counts,
+    load_events,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +39,9 @@ class HistoryDataset(Dataset):
         return len(self.positions)
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        batch = gather_histories(self.events, self.positions[np.asarray(indices)], self.max_history, self.weights_by_event)
+        batch = gather_histories(
+            self.events, self.positions[np.asarray(indices)], self.max_history, self.weights_by_event, trim=True
+        )
         return {name: torch.from_numpy(array) for name, array in batch.items()}
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:

@@ -240,16 +240,18 @@ def item_counts(events: EventLog, mask: np.ndarray, num_items: int) -> np.ndarra
 
 
 def gather_histories(
-    events: EventLog, positions: np.ndarray, max_history: int, weights_by_event: np.ndarray
+    events: EventLog, positions: np.ndarray, max_history: int, weights_by_event: np.ndarray, trim: bool = False
 ) -> dict[str, np.ndarray]:
     """Right-aligned padded histories for a batch of target positions (vectorized).
 
     Returns history_items int64 [B, L], history_weights float32 [B, L], history_mask bool [B, L],
-    target int64 [B]; L = max_history, the most recent events last.
+    target int64 [B]; L = max_history, the most recent events last (with trim, L = the batch's longest history).
     """
     positions = np.asarray(positions, dtype=np.int64)
     end = events.history_end[positions]  # [B]
     start = np.maximum(events.buyer_start[events.buyer[positions]], end - max_history)  # [B]
+    if trim and len(positions):
+        max_history = max(1, int((end - start).max()))  # no all-padding columns: less work per batch
     offsets = np.arange(max_history, dtype=np.int64)[None, :] - max_history  # [1, L], -L..-1
     index = end[:, None] + offsets  # [B, L]
     mask = index >= start[:, None]
