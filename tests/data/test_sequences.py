@@ -156,3 +156,17 @@ def test_target_event_types_and_bad_split_settings(tiny_data):
         build_examples(events, EventSchema(), val_cut=1.5)
     with pytest.raises(DataValidationError, match="unknown"):
         build_examples(events, EventSchema(), method="random")
+
+
+def test_trim_keeps_only_the_longest_history_in_the_batch():
+    from twotower.data.sequences import EventLog
+
+    events = EventLog(
+        buyer=np.array([0, 0, 0, 1, 1], np.int32), item=np.arange(5, dtype=np.int32),
+        event=np.zeros(5, np.int8), timestamp=np.arange(5, dtype=np.int64), buyer_ids=["a", "b"],
+    )
+    full = gather_histories(events, np.array([2, 4]), 100, EventSchema().weight_array)
+    trimmed = gather_histories(events, np.array([2, 4]), 100, EventSchema().weight_array, trim=True)
+    assert full["history_items"].shape == (2, 100) and trimmed["history_items"].shape == (2, 2)
+    for name in ("history_items", "history_weights", "history_mask"):
+        np.testing.assert_array_equal(trimmed[name], full[name][:, -2:])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,10 @@ class TwoTowerModule(L.LightningModule):
         return features
 
     def setup(self, stage: str) -> None:
+        if self._trainer is not None and self.trainer.world_size > 1 and self.device.type == "cpu":
+            # CPU DDP ranks share the cores: oversubscribed OpenMP threads stall every small op on barriers.
+            local_ranks = max(1, self.trainer.world_size // max(1, self.trainer.num_nodes))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and getattr(datamodule, "catalog", None) is not None and self._catalog_size == 0:
             self.attach_catalog(datamodule.catalog, datamodule.train_item_counts)
