@@ -1,0 +1,247 @@
+"""Offline evaluation: metric definitions, data selection, catalog mapping, and the CLI end to end (slow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from twotower.config import ConfigError
+from twotower.data.catalog import Catalog
+from twotower.evaluate import _check_referenced, catalog_mapping, data_overridden, select_data_config
+from twotower.evaluation import (
+    evaluate_rankings,
+    format_table,
+    history_length_slices,
+    intra_list_diversity,
+    popularity_percentile,
+    ranking_metrics,
+)
+from twotower.retrieval.bundle import BundleError
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(trained_root: Path) -> Path:
+    """The bundle of the session's shared tiny training run (tests/conftest.py); test_sanity uses it too."""
+    return trained_root / "outputs" / "latest"
+
+
+def catalog(ids: list[str], aliases: dict[str, str] | None = None) -> Catalog:
+    frame = pd.DataFrame(
+        {
+            "product_id": ids,
+            "title": ids,
+            "description": [""] * len(ids),
+            "brand": [""] * len(ids),
+            "category": [""] * len(ids),
+            "photo_url": [""] * len(ids),
+            "aliases": [[a for a, c in (aliases or {}).items() if c == i] for i in ids],
+        }
+    )
+    return Catalog.from_frame(frame)
+
+
+# -- data selection -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], False),
+        (["bundle=x", "split=val", "data_source=config"], False),
+        (["data=csv"], True),
+        (["data.events_path=/x.csv"], True),
+        (["+data.extra=1"], True),
+        (["k_values=[1,5]", "data.sample.products=300"], True),
+    ],
+)
+def test_data_overridden_detects_the_data_group_only(overrides: list[str], expected: bool) -> None:
+    assert data_overridden(overrides) is expected
+
+
+def _cfg(source: str = "auto") -> OmegaConf:
+    return OmegaConf.create(
+        {
+            "data_source": source,
+            "paths": {"output_dir": "/tmp/eval-out"},
+            "data": {
+                "_target_": "twotower.data.datamodule.TwoTowerDataModule",
+                "events_path": "composed.csv",
+            },
+        }
+    )
+
+
+RECORDED = {
+    "config": {
+        "data": {"_target_": "twotower.data.datamodule.TwoTowerDataModule", "events_path": "trained.csv"}
+    }
+}
+
+
+def test_auto_prefers_the_bundles_data_unless_data_was_overridden() -> None:
+    chosen = select_data_config(_cfg(), RECORDED, overridden=False)
+    assert chosen.events_path == "trained.csv"
+    assert chosen.report_path == "/tmp/eval-out/data_report.json"  # not the training run's dir
+    assert select_data_config(_cfg(), RECORDED, overridden=True).events_path == "composed.csv"
+
+
+def test_explicit_data_sources() -> None:
+    assert select_data_config(_cfg("config"), RECORDED).events_path == "composed.csv"
+    assert select_data_config(_cfg("bundle"), RECORDED, overridden=True).events_path == "trained.csv"
+    with pytest.raises(ConfigError, match="records no data config"):
+        select_data_config(_cfg("bundle"), {"config": {}})
+    with pytest.raises(ConfigError, match="data_source='nope'"):
+        select_data_config(_cfg("nope"), RECORDED)
+
+
+def test_auto_falls_back_to_the_composed_data_when_the_bundle_has_none() -> None:
+    assert select_data_config(_cfg(), {"config": {"data": {"max_history": 5}}}).events_path == "composed.csv"
+
+
+# -- catalog mapping -----------------------------------------------------------------------------------
+
+
+def test_catalog_mapping_follows_product_ids_not_row_order() -> None:
+    data = catalog(["a", "b", "c", "d"])
+    bundle = catalog(["c", "a", "x", "b"])
+    np.testing.assert_array_equal(catalog_mapping(data, bundle), [1, 3, 0, -1])
+
+
+def test_catalog_mapping_resolves_duplicates_through_aliases() -> None:
+    data = catalog(["a", "b2"], aliases={"b": "b2"})  # canonical b2 here, b in the bundle
+    bundle = catalog(["b", "a"])
+    np.testing.assert_array_equal(catalog_mapping(data, bundle), [1, 0])
+
+
+def test_products_missing_from_the_bundle_fail_clearly(tmp_path: Path) -> None:
+    data = catalog(["a", "b", "c", "d"])
+    mapping = catalog_mapping(data, catalog(["a", "b", "c"]))
+    _check_referenced(mapping, np.array([0, 1, 2]), data, tmp_path)  # d is never referenced: fine
+    with pytest.raises(BundleError, match=r"1 products .*\['d'\].*twotower.export"):
+        _check_referenced(mapping, np.array([0, 3, 3]), data, tmp_path)
+
+
+# -- metrics -------------------------------------------------------------------------------------------
+
+
+def test_popularity_percentile_ranks_with_ties() -> None:
+    np.testing.assert_allclose(popularity_percentile(np.array([0, 0, 5, 10])), [0.375, 0.375, 0.75, 1.0])
+
+
+def test_intra_list_diversity() -> None:
+    vectors = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    assert intra_list_diversity(np.array([[0, 1]]), vectors) == pytest.approx(0.0)  # same direction
+    assert intra_list_diversity(np.array([[0, 2]]), vectors) == pytest.approx(1.0)  # orthogonal
+    # [0, 1, 2]: pairs (0,1)=0, (0,2)=1, (1,2)=1 -> 2/3; averaged with the first list -> 1/3
+    assert intra_list_diversity(np.array([[0, 1, 2], [0, 1, 1]]), vectors) == pytest.approx(1 / 3)
+
+
+def test_history_length_slices_partition_the_queries() -> None:
+    lengths = np.array([1, 2, 4, 5, 9, 10, 19, 20, 49, 50, 500])
+    slices = history_length_slices(lengths)
+    assert list(slices) == [
+        "history_1",
+        "history_2-4",
+        "history_5-9",
+        "history_10-19",
+        "history_20-49",
+        "history_50+",
+    ]
+    assert sum(mask.astype(int) for mask in slices.values()).tolist() == [1] * len(lengths)
+    assert slices["history_50+"].tolist()[-2:] == [True, True]
+
+
+def test_ranking_metrics_definitions() -> None:
+    topk = np.array([[3, 1, 2], [0, 1, 2], [2, 0, 1], [0, 2, 1]])
+    targets = np.array([3, 1, 5, 2])  # ranks 0, 1, absent, 1
+    counts = np.array([10.0, 5.0, 1.0, 0.0, 0.0, 0.0])
+    out = ranking_metrics(
+        topk,
+        targets,
+        [1, 2],
+        num_items=6,
+        popularity_pct=popularity_percentile(counts),
+        diversity_vectors=np.eye(6, dtype=np.float32),
+        list_k=2,
+    )
+    assert out["recall@1"] == pytest.approx(0.25) and out["hit_rate@1"] == out["recall@1"]
+    assert out["recall@2"] == pytest.approx(0.75)
+    assert out["precision@2"] == pytest.approx(0.375)
+    assert out["ndcg@2"] == pytest.approx((1 + 2 / np.log2(3)) / 4)
+    assert out["mrr"] == pytest.approx((1 + 0.5 + 0 + 0.5) / 4)
+    assert out["coverage@1"] == pytest.approx(3 / 6)  # items 3, 0, 2
+    assert out["diversity@2"] == pytest.approx(1.0)  # one-hot vectors: every pair orthogonal
+    pct = popularity_percentile(counts)
+    assert out["popularity_percentile@2"] == pytest.approx(pct[topk[:, :2]].mean())
+    assert out["novelty@2"] == pytest.approx(1 - out["popularity_percentile@2"])
+
+
+def test_evaluate_rankings_shape_and_slices() -> None:
+    rankings = {"model": np.array([[1, 0], [0, 1]]), "popularity": np.array([[0, 1], [0, 1]])}
+    targets = np.array([1, 2])
+    results = evaluate_rankings(
+        rankings,
+        targets,
+        [1, 2],
+        num_items=3,
+        item_counts=np.array([3.0, 1.0, 0.0]),
+        diversity_vectors=np.eye(3, dtype=np.float32),
+        slices={"cold": np.array([False, True])},
+    )
+    assert set(results) == {"model", "popularity", "slices"}
+    assert results["model"]["recall@1"] == pytest.approx(0.5) and results["popularity"]["recall@1"] == 0.0
+    assert results["slices"]["cold"]["queries"] == 1
+    assert results["slices"]["cold"]["model"]["recall@2"] == 0.0
+    assert "coverage@1" not in results["slices"]["cold"]["model"]  # whole-list metrics are overall only
+    table = format_table({m: results[m] for m in rankings}, ["recall@1", "mrr"])
+    assert table.splitlines()[0].split() == ["method", "recall@1", "mrr"]
+    assert table.splitlines()[2].split()[:2] == ["model", "0.5000"]
+
+
+# -- end to end ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_evaluate_cli_on_a_tiny_bundle(tiny_bundle: Path) -> None:
+    root = tiny_bundle.parent.parent
+    out = root / "eval-run"
+    command = [
+        sys.executable,
+        "-m",
+        "twotower.evaluate",
+        f"paths.root_dir={root}",
+        f"hydra.run.dir={out}",
+        "k_values=[1,5,10,20,50]",
+    ]
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "not the ANN index" in done.stdout
+    assert done.stdout.count("recall@10") >= 2  # the methods table and the slice table
+
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    methods = ("model", "popularity", "item_knn", "text_only")
+    assert set(metrics) == {*methods, "slices", "meta"}
+    for method in methods:
+        for k in (1, 5, 10, 20, 50):
+            for name in ("recall", "precision", "ndcg", "hit_rate", "coverage"):
+                assert 0.0 <= metrics[method][f"{name}@{k}"] <= 1.0
+        for name in ("mrr", "diversity@10", "novelty@10", "popularity_percentile@10"):
+            assert 0.0 <= metrics[method][name] <= 1.0
+    assert {"warm", "cold", "repeat", "new_item", "history_1", "history_50+"} <= set(metrics["slices"])
+    assert (
+        metrics["slices"]["warm"]["queries"] + metrics["slices"]["cold"]["queries"]
+        == metrics["meta"]["queries"]
+    )
+    assert (
+        metrics["slices"]["repeat"]["queries"] + metrics["slices"]["new_item"]["queries"]
+        == metrics["meta"]["queries"]
+    )
+    assert metrics["popularity"]["coverage@10"] == pytest.approx(10 / metrics["meta"]["candidates"])
+    assert metrics["model"]["recall@10"] > metrics["popularity"]["recall@10"]
