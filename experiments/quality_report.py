@@ -31,6 +31,8 @@ COLUMNS = ("recall@10", "recall@50", "ndcg@10", "mrr", "coverage@10", "diversity
 SLICES = (
     "warm",
     "cold",
+    "repeat",
+    "new_item",
     "history_1",
     "history_2-4",
     "history_5-9",
@@ -63,9 +65,16 @@ def one_size(products: int, buyers: int, work: Path, extra: list[str], reuse: bo
         "twotower.evaluate",
         f"paths.root_dir={root}",
         f"hydra.run.dir={root}/eval",
+        *NOSELF,
     ]
-    print(f"[{products}x{buyers}] training ...", flush=True)
-    train_s = run(train, root, root / "train.out")
+    timing = root / "train_time.json"
+    if reuse and timing.is_file() and (root / "outputs" / "latest" / "manifest.json").is_file():
+        train_s = json.loads(timing.read_text())["train_s"]
+        print(f"[{products}x{buyers}] reusing the trained bundle", flush=True)
+    else:
+        print(f"[{products}x{buyers}] training ...", flush=True)
+        train_s = run(train, root, root / "train.out")
+        timing.write_text(json.dumps({"train_s": train_s}))
     print(f"[{products}x{buyers}] evaluating ...", flush=True)
     eval_s = run(evaluate, root, root / "evaluate.out")
     metrics = json.loads((root / "eval" / "metrics.json").read_text(encoding="utf-8"))
@@ -101,7 +110,8 @@ def report(results: list[dict], started: str) -> str:
         "",
         f"Measured {started} by `python experiments/quality_report.py` on {platform.node()}: "
         f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, no GPU, "
-        f"Python {platform.python_version()}; the machine was shared with other jobs, so wall times are indicative.",
+        f"Python {platform.python_version()}; the machine was shared with other jobs, so wall times are indicative. "
+        "Training times are those of the run that trained each bundle (`--reuse` re-evaluates existing bundles).",
         "",
         "Every method ranks the same candidates (the bundle's full catalog) for the same queries (the test split's "
         "next-item examples: temporal split, targets after the 0.9 time quantile). The model's ranking is exact "
