@@ -7,7 +7,8 @@ Each size runs the real entry points in subprocesses, in its own root (data/, .c
 --work/<products>x<buyers>): `python -m twotower.train data.sample.products=P data.sample.buyers=B` with
 the default config otherwise, then `python -m twotower.evaluate` on that bundle (test split, exact ranking).
 The Markdown report (machine, commands, wall times, the metrics tables, model/popularity ratios) is
-written to --out (default experiments/RESULTS_quality.md) and the raw metrics.json files stay under --work.
+written to --out (default /tmp/twotower_quality.md; its tables are the "Quality" section of RESULTS.md) and the
+raw metrics.json files stay under --work.
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def main() -> None:
     )
     parser.add_argument("--sizes", nargs="+", default=["2000x1000", "10000x5000"], help="PRODUCTSxBUYERS")
     parser.add_argument("--work", type=Path, default=Path("/tmp/twotower-quality"))
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS_quality.md"))
+    parser.add_argument("--out", type=Path, default=Path("/tmp/twotower_quality.md"))
     parser.add_argument("--reuse", action="store_true", help="evaluate existing bundles under --work again")
     parser.add_argument("overrides", nargs="*", help="extra train overrides, e.g. trainer.max_epochs=4")
     args = parser.parse_args()

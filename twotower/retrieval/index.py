@@ -56,7 +56,7 @@ METRIC = "inner_product"
 # its per-vector SIMD path, which is faster for a handful of queries. FAISS's default is 20.
 FAISS_BLAS_THRESHOLD = 8
 # Searches of at most this many queries run FAISS single-threaded: one query cannot use two cores
-# well, and OpenMP start-up/spin on a loaded 2-core box costs more than it saves (see RESULTS_index.md).
+# well, and OpenMP start-up/spin on a loaded 2-core box costs more than it saves (see experiments/RESULTS.md, "Vector index benchmark").
 SINGLE_THREAD_MAX_QUERIES = 4
 # torch_exact scores at most this many (query, item) pairs at once, bounding the [n, N] score matrix.
 TORCH_SCORE_CHUNK = 1 << 25
@@ -433,7 +433,7 @@ class IndexBuilder:
         nprobe: IVF lists scanned per query.
         hnsw_m: HNSW graph degree ``M``.
         ef_construction: HNSW build-time beam width. 40 (FAISS's default) reached recall@10 >= 0.99 on
-            clustered data at 100K, while 100 tripled the build time (experiments/RESULTS_index.md).
+            clustered data at 100K, while 100 tripled the build time (experiments/RESULTS.md).
         ef_search: HNSW query-time beam width (raised to ``k`` by FAISS when smaller).
         pq_m: product-quantizer sub-vectors for ``ivfpq`` (must divide the dimension; bytes per vector).
         device: ``cpu`` | ``cuda`` | ``auto``; ``cuda`` moves FAISS indexes to the GPU(s) when GPU FAISS is
