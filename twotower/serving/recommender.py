@@ -12,7 +12,7 @@ list instead of being raised, so one bad request never fails the other requests 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,36 +273,12 @@ class Recommender:
         return np.ascontiguousarray(vectors.float().numpy())
 
     # -- public API ------------------------------------------------------------------------------------
-    def encode(self, queries: Sequence[Query]) -> list[BuyerVector | QueryError]:
-        """Buyer vectors for a batch; a query with no known product is a QueryError (nothing to encode)."""
-        out: list[BuyerVector | QueryError] = []
-        prepared, slots = [], []
-        for query in queries:
-            try:
-                p = self._prepare(query)
-            except QueryError as error:
-                out.append(error)
-                continue
-            if len(p.rows) == 0:
-                unknown = ", ".join(repr(u) for u in p.unknown[:5]) or "none given"
-                out.append(
-                    QueryError(
-                        f"no known product in recent_interactions (unknown ids: {unknown}); nothing to encode"
-                    )
-                )
-                continue
-            slots.append(len(out))
-            out.append(QueryError("pending"))
-            prepared.append(p)
-        if prepared:
-            vectors = self._buyer_vectors(prepared)
-            for slot, p, vector in zip(slots, prepared, vectors, strict=True):
-                out[slot] = BuyerVector(vector, p.unknown, self.version)
-        return out
-
-    def retrieve(self, queries: Sequence[Query]) -> list[Recommendation | QueryError]:
-        """Top-k recommendations for a batch of queries (errors in place, never raised for one query)."""
-        out: list[Recommendation | QueryError] = []
+    def _prepare_batch(
+        self, queries: Sequence[Query], answer_cold: Callable[[Query, _Prepared], Any]
+    ) -> tuple[list, list[tuple[int, Query, _Prepared]]]:
+        """Answers bad queries (QueryError) and queries with no known product (`answer_cold`) in place; the
+        others get a placeholder slot, filled after one batched buyer-tower call."""
+        out: list = []
         warm: list[tuple[int, Query, _Prepared]] = []
         for query in queries:
             try:
@@ -311,10 +287,29 @@ class Recommender:
                 out.append(error)
                 continue
             if len(p.rows) == 0:
-                out.append(self._popular_fallback(query, p))
+                out.append(answer_cold(query, p))
             else:
                 warm.append((len(out), query, p))
                 out.append(QueryError("pending"))
+        return out, warm
+
+    @staticmethod
+    def _nothing_to_encode(query: Query, p: _Prepared) -> QueryError:
+        unknown = ", ".join(repr(u) for u in p.unknown[:5]) or "none given"
+        return QueryError(f"no known product in recent_interactions (unknown ids: {unknown}); nothing to encode")
+
+    def encode(self, queries: Sequence[Query]) -> list[BuyerVector | QueryError]:
+        """Buyer vectors for a batch; a query with no known product is a QueryError (nothing to encode)."""
+        out, warm = self._prepare_batch(queries, self._nothing_to_encode)
+        if warm:
+            vectors = self._buyer_vectors([p for _, _, p in warm])
+            for (slot, _, p), vector in zip(warm, vectors, strict=True):
+                out[slot] = BuyerVector(vector, p.unknown, self.version)
+        return out
+
+    def retrieve(self, queries: Sequence[Query]) -> list[Recommendation | QueryError]:
+        """Top-k recommendations for a batch of queries (errors in place, never raised for one query)."""
+        out, warm = self._prepare_batch(queries, self._popular_fallback)
         if warm:
             vectors = self._buyer_vectors([p for _, _, p in warm])
             allowed = [self._allowed_rows(query) for _, query, _ in warm]
