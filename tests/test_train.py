@@ -89,11 +89,15 @@ def train_with(cfg, *callbacks):
 
 
 @pytest.mark.slow
-def test_bf16_mixed_on_cpu(tiny_config):
+def test_bf16_mixed_on_cpu_and_bundle_refresh_on_best_epoch(tiny_config, tmp_path):
     cfg = tiny_config("trainer.max_epochs=1", "trainer.precision=bf16-mixed", "export=false",
-                      "trainer.limit_train_batches=5")
+                      "trainer.limit_train_batches=5", "callbacks.bundle_exporter.refresh_on_best=true")
     metrics = train(cfg)
     assert np.isfinite(metrics["train/loss_epoch"]) and metrics["test/recall@10"] > 0
+    # export=false: the only bundle is the one refreshed after the (first, hence best) epoch
+    manifest = json.loads((tmp_path / "run" / "bundle" / "manifest.json").read_text())
+    assert manifest["metrics"]["val/recall@10"] == pytest.approx(metrics["val/recall@10"])
+    assert not (tmp_path / "outputs" / "latest").exists()  # refreshes do not move outputs/latest
 
 
 @pytest.mark.slow

@@ -135,12 +135,24 @@ class BundleExporter(BasePredictionWriter):
         keep = all_items >= 0
         return all_items[keep], all_vectors[keep]
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+    # ModelCheckpoint runs after every other callback's epoch-end hook, so a new best is seen one hook later:
+    # at the next epoch's start or at the end of fit, when the weights are still those of that best epoch.
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        # a resumed run restores its best path with weights that may be newer: refresh only on a new best
+        self._last_best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._refresh_if_new_best(trainer, pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._refresh_if_new_best(trainer, pl_module)
+
+    def _refresh_if_new_best(self, trainer: L.Trainer, pl_module: Any) -> None:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if not self.refresh_on_best or not best or best == self._last_best:
             return
         self._last_best = best
-        if trainer.is_global_zero:  # the current weights are the new best ones
+        if trainer.is_global_zero:
             embeddings = pl_module.embed_catalog().float().cpu().numpy()
             self.written = export_bundle(
                 pl_module, trainer.datamodule, embeddings, self.index_builder, self.bundle_dir, best,
