@@ -101,6 +101,14 @@ class BundleExporter(BasePredictionWriter):
             raise RuntimeError("no checkpoint to put in the bundle: enable ModelCheckpoint or pass ckpt_path")
         return str(path)
 
+    def _export(
+        self, trainer: L.Trainer, pl_module: Any, embeddings: np.ndarray, checkpoint: str, latest_link: str | None
+    ) -> None:
+        self.written = export_bundle(
+            pl_module, trainer.datamodule, embeddings, self.index_builder, self.bundle_dir, checkpoint,
+            self.run_config, self._metrics(trainer), latest_link, self.recall_queries,
+        )
+
     def _metrics(self, trainer: L.Trainer) -> dict[str, float]:
         metrics = self.metrics if self.metrics is not None else trainer.callback_metrics
         return {k: float(v) for k, v in metrics.items() if not k.startswith("train/")}
@@ -115,10 +123,7 @@ class BundleExporter(BasePredictionWriter):
             return
         embeddings = np.zeros((pl_module._catalog_size, vectors.shape[1]), np.float32)
         embeddings[items.cpu().numpy()] = vectors.float().cpu().numpy()
-        self.written = export_bundle(
-            pl_module, trainer.datamodule, embeddings, self.index_builder, self.bundle_dir,
-            self._checkpoint(trainer), self.run_config, self._metrics(trainer), self.latest_link, self.recall_queries,
-        )
+        self._export(trainer, pl_module, embeddings, self._checkpoint(trainer), self.latest_link)
 
     @staticmethod
     def _gather(pl_module: Any, items: torch.Tensor, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,10 +159,7 @@ class BundleExporter(BasePredictionWriter):
         self._last_best = best
         if trainer.is_global_zero:
             embeddings = pl_module.embed_catalog().float().cpu().numpy()
-            self.written = export_bundle(
-                pl_module, trainer.datamodule, embeddings, self.index_builder, self.bundle_dir, best,
-                self.run_config, self._metrics(trainer), None, self.recall_queries,
-            )
+            self._export(trainer, pl_module, embeddings, best, latest_link=None)
 
 
 class EmbeddingProjector(Callback):

@@ -130,7 +130,7 @@ class TwoTowerDataModule(L.LightningDataModule):
         self.train_item_counts = item_counts(self.events, self.examples.train_events, len(self.catalog))
         self.catalog.popularity = self.train_item_counts
         self.report.examples = {name: int(len(p)) for name, p in self.examples.positions.items()}
-        self.report.cold_items = int((self.train_item_counts == 0).sum())
+        self.report.cold_items = int(self.cold_items.sum())
         self.report.split = self.examples.cuts
         if not len(self.examples.positions["train"]):
             raise ValueError(
