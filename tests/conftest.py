@@ -12,7 +12,9 @@ TINY_DATA = ["data.sample.products=300", "data.sample.buyers=200", "data.batch_s
 def compose_config(root: Path, overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
     """The entry point's config as Hydra would compose it, rooted in a temp dir (data/, outputs/, .cache/)."""
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name, overrides=[f"paths.root_dir={root}", *(overrides or [])], return_hydra_config=True)
+        cfg = compose(
+            config_name, overrides=[f"paths.root_dir={root}", *(overrides or [])], return_hydra_config=True
+        )
     with open_dict(cfg):
         cfg.paths.output_dir = str(root / "run")
         cfg.hydra.runtime.output_dir = str(root / "run")

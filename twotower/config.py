@@ -43,7 +43,9 @@ def _matches(value: Any, annotation: Any) -> bool:
         return isinstance(value, list | tuple | ListConfig)
     if target in (dict, Mapping, typing.Mapping):
         return isinstance(value, dict | DictConfig)
-    if target in (Callable, typing.Callable) or (isinstance(target, type) and target.__module__ == "collections.abc"):
+    if target in (Callable, typing.Callable) or (
+        isinstance(target, type) and target.__module__ == "collections.abc"
+    ):
         return True  # callables come from _partial_ nodes, checked as their own nodes
     return True  # objects (nested _target_ nodes) and anything exotic are checked where they are built
 
@@ -79,7 +81,11 @@ def _check_node(node: DictConfig, path: str, provided_at_runtime: Mapping[str, s
         value = node[key]
         if isinstance(value, DictConfig) and "_target_" in value:
             continue
-        plain = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+        plain = (
+            OmegaConf.to_container(value, resolve=True)
+            if isinstance(value, DictConfig | ListConfig)
+            else value
+        )
         if plain is None and key in hints and not _matches(None, hints[key]):
             raise ConfigError(f"config key '{full}' is required but not set (null); set it with {full}=...")
         if key in hints and not _matches(plain, hints[key]):
@@ -89,7 +95,10 @@ def _check_node(node: DictConfig, path: str, provided_at_runtime: Mapping[str, s
     if not is_partial:
         given = {str(k) for k in node if not str(k).startswith("_")} | provided_at_runtime.get(path, set())
         for name, param in params.items():
-            if name == "self" or param.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
+            if name == "self" or param.kind in (
+                inspect.Parameter.VAR_KEYWORD,
+                inspect.Parameter.VAR_POSITIONAL,
+            ):
                 continue
             if param.default is inspect.Parameter.empty and name not in given:
                 raise ConfigError(f"config node '{path}' ({target_name}) lacks required key '{name}'")

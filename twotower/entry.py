@@ -58,7 +58,11 @@ def build_model(model_cfg: DictConfig, datamodule: TwoTowerDataModule) -> L.Ligh
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
     """Build every `_target_` node of a group such as callbacks or logger (null entries are switched off)."""
-    return [instantiate(node) for node in (group or {}).values() if isinstance(node, DictConfig) and "_target_" in node]
+    return [
+        instantiate(node)
+        for node in (group or {}).values()
+        if isinstance(node, DictConfig) and "_target_" in node
+    ]
 
 
 def build_run(cfg: DictConfig) -> Run:
@@ -98,7 +102,11 @@ def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 
 def record_hparams(run: Run, cfg: DictConfig, metrics: dict[str, float]) -> None:
     """TensorBoard hparams: the run's scalar config beside its final metrics, for comparing sweep runs."""
-    final = {f"hp/{k}": v for k, v in metrics.items() if k.startswith(("val/", "test/")) and "/popularity/" not in k}
+    final = {
+        f"hp/{k}": v
+        for k, v in metrics.items()
+        if k.startswith(("val/", "test/")) and "/popularity/" not in k
+    }
     params = _flatten({k: run.config[k] for k in ("data", "model", "trainer", "seed") if k in run.config})
     for logger in run.trainer.loggers:
         if isinstance(logger, TensorBoardLogger):

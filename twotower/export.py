@@ -23,7 +23,9 @@ def export(cfg: DictConfig) -> Path:
     validate_config(cfg, RUNTIME_ARGS)
     ckpt_path = Path(cfg.ckpt_path)
     if not ckpt_path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path} does not exist; pass a checkpoint, e.g. outputs/latest/model.ckpt")
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} does not exist; pass a checkpoint, e.g. outputs/latest/model.ckpt"
+        )
     hparams = torch.load(ckpt_path, map_location="cpu", weights_only=False)["hyper_parameters"]
     encoder_config = hparams.get("text_encoder_config")
     if not encoder_config:

@@ -30,7 +30,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.warning("export=true but callbacks has no bundle_exporter; no bundle written")
         else:
             run.exporter.checkpoint_path, run.exporter.metrics = ckpt, metrics
-            run.trainer.predict(run.model, datamodule=run.datamodule, ckpt_path=ckpt, return_predictions=False)
+            run.trainer.predict(
+                run.model, datamodule=run.datamodule, ckpt_path=ckpt, return_predictions=False
+            )
     record_hparams(run, cfg, metrics)
     return metrics
 

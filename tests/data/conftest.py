@@ -14,11 +14,26 @@ def write_products(path: Path, rows: list[dict]) -> Path:
 def tiny_data(tmp_path: Path) -> dict[str, Path]:
     meta = lambda brand, cat: json.dumps({"brand": brand, "catalog_id": cat}, ensure_ascii=False)  # noqa: E731
     products = [
-        {"id": "p1", "title": "خاتم ذهب", "description": "خاتم عيار 21", "metadata": meta("لازوردي", "jewelry")},
+        {
+            "id": "p1",
+            "title": "خاتم ذهب",
+            "description": "خاتم عيار 21",
+            "metadata": meta("لازوردي", "jewelry"),
+        },
         # duplicate of p1: tashkeel, other alef, Arabic-Indic digits
-        {"id": "p1-dup", "title": "خَاتَم ذهب", "description": "خاتم عيار ٢١", "metadata": meta("لازوردى", "jewelry")},
+        {
+            "id": "p1-dup",
+            "title": "خَاتَم ذهب",
+            "description": "خاتم عيار ٢١",
+            "metadata": meta("لازوردى", "jewelry"),
+        },
         {"id": "p2", "title": "هاتف ذكي", "description": "", "metadata": meta("Samsung", "electronics")},
-        {"id": "p3", "title": "NA", "description": "null", "metadata": '{"brand": "X", "catalog_id'},  # malformed JSON
+        {
+            "id": "p3",
+            "title": "NA",
+            "description": "null",
+            "metadata": '{"brand": "X", "catalog_id',
+        },  # malformed JSON
         {"id": "p4", "title": "عطر", "description": "عطر فاخر", "metadata": ""},
         {"id": "", "title": "no id", "description": "", "metadata": ""},
     ]
@@ -39,7 +54,11 @@ def tiny_data(tmp_path: Path) -> dict[str, Path]:
     ]
     products_path = write_products(tmp_path / "products.csv", products)
     events_path = tmp_path / "events.csv"
-    pd.DataFrame(events, columns=["distinct_id", "product_id", "event_name", "created_at"]).to_csv(events_path, index=False)
+    pd.DataFrame(events, columns=["distinct_id", "product_id", "event_name", "created_at"]).to_csv(
+        events_path, index=False
+    )
     photos_path = tmp_path / "photos.csv"
-    pd.DataFrame({"id": ["p1-dup", "p2", "zzz"], "thumbnail": ["a.jpg", "b.jpg", "c.jpg"]}).to_csv(photos_path, index=False)
+    pd.DataFrame({"id": ["p1-dup", "p2", "zzz"], "thumbnail": ["a.jpg", "b.jpg", "c.jpg"]}).to_csv(
+        photos_path, index=False
+    )
     return {"products": products_path, "events": events_path, "photos": photos_path}

@@ -44,7 +44,9 @@ def test_frame_round_trip(tiny_data):
 def test_missing_title_column_is_a_clear_error(tmp_path):
     path = tmp_path / "products.csv"
     path.write_text("id,name\np1,x\n", encoding="utf-8")
-    with pytest.raises(DataValidationError, match=r"products.csv: missing required column 'title'.*\['id', 'name'\]"):
+    with pytest.raises(
+        DataValidationError, match=r"products.csv: missing required column 'title'.*\['id', 'name'\]"
+    ):
         load_catalog(path)
 
 

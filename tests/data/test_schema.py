@@ -14,10 +14,20 @@ from twotower.data.schema import (
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ("View", "view"), ("view", "view"), ("product_viewed", "view"), ("Product Viewed", "view"),
-        ("AddToCart", "add_to_cart"), ("add_to_cart", "add_to_cart"), ("Add To Cart", "add_to_cart"),
-        ("add-to-cart", "add_to_cart"), ("Purchase", "purchase"), ("order_completed", "purchase"),
-        ("Order Completed", "purchase"), ("page_scroll", None), ("", None), (None, None),
+        ("View", "view"),
+        ("view", "view"),
+        ("product_viewed", "view"),
+        ("Product Viewed", "view"),
+        ("AddToCart", "add_to_cart"),
+        ("add_to_cart", "add_to_cart"),
+        ("Add To Cart", "add_to_cart"),
+        ("add-to-cart", "add_to_cart"),
+        ("Purchase", "purchase"),
+        ("order_completed", "purchase"),
+        ("Order Completed", "purchase"),
+        ("page_scroll", None),
+        ("", None),
+        (None, None),
     ],
 )
 def test_event_names_match_case_and_separator_insensitively(raw, expected):
@@ -46,7 +56,10 @@ def test_bad_event_config_is_rejected_with_the_name():
     [
         ("خَاتَمٌ ذَهَب", "خاتم ذهب"),  # tashkeel
         ("خاتـــم", "خاتم"),  # tatweel
-        ("أساور", "اساور"), ("إسوارة", "اسواره"), ("آلة", "اله"), ("ٱلذهب", "الذهب"),  # alef forms, teh marbuta
+        ("أساور", "اساور"),
+        ("إسوارة", "اسواره"),
+        ("آلة", "اله"),
+        ("ٱلذهب", "الذهب"),  # alef forms, teh marbuta
         ("مستشفى", "مستشفي"),  # alef maksura -> yeh
         ("عيار ٢١", "عيار 21"),  # Arabic-Indic digits
         ("Samsung  Galaxy", "samsung galaxy"),  # case-fold + whitespace
@@ -66,7 +79,9 @@ def test_normalize_text_keeps_script_and_collapses_whitespace():
 
 
 def test_resolve_columns_accepts_aliases_case_insensitively():
-    rename = resolve_columns(["Distinct_ID", "item_id", "event_name", "created_at"], EVENT_COLUMNS, "events.csv")
+    rename = resolve_columns(
+        ["Distinct_ID", "item_id", "event_name", "created_at"], EVENT_COLUMNS, "events.csv"
+    )
     assert sorted(rename.values()) == ["buyer_id", "event_type", "product_id", "timestamp"]
 
 

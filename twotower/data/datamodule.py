@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 class HistoryDataset(Dataset):
     """Next-item examples; `__getitems__` builds a whole batch with one vectorized gather."""
 
-    def __init__(self, events: EventLog, positions: np.ndarray, max_history: int, weights_by_event: np.ndarray):
+    def __init__(
+        self, events: EventLog, positions: np.ndarray, max_history: int, weights_by_event: np.ndarray
+    ):
         self.events, self.positions = events, positions
         self.max_history, self.weights_by_event = max_history, weights_by_event
 
@@ -40,7 +42,11 @@ class HistoryDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         batch = gather_histories(
-            self.events, self.positions[np.asarray(indices)], self.max_history, self.weights_by_event, trim=True
+            self.events,
+            self.positions[np.asarray(indices)],
+            self.max_history,
+            self.weights_by_event,
+            trim=True,
         )
         return {name: torch.from_numpy(array) for name, array in batch.items()}
 
@@ -91,7 +97,9 @@ class TwoTowerDataModule(L.LightningDataModule):
         if max_history < 1:
             raise ValueError(f"data.max_history must be >= 1, got {max_history}")
         if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}")
+            raise ValueError(
+                f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}"
+            )
         self.events_path, self.products_path, self.photos_path = events_path, products_path, photos_path
         self.sample = dict(sample) if sample else None
         self.schema = EventSchema(weights=dict(event_weights or {}), aliases=dict(event_aliases or {}))
@@ -154,14 +162,18 @@ class TwoTowerDataModule(L.LightningDataModule):
 
     def dataset(self, split: str) -> HistoryDataset:
         assert self.events is not None and self.examples is not None, "call setup() first"
-        return HistoryDataset(self.events, self.examples.positions[split], self.max_history, self.schema.weight_array)
+        return HistoryDataset(
+            self.events, self.examples.positions[split], self.max_history, self.schema.weight_array
+        )
 
     # -- loaders ---------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, collate=_batch_as_is) -> DataLoader:
         sampler = None
         if not shuffle and self.trainer is not None and self.trainer.world_size > 1:
             # Evaluation must see each example exactly once across ranks, or synced metrics are biased.
-            sampler = UnrepeatedDistributedSampler(dataset, self.trainer.world_size, self.trainer.global_rank, False)
+            sampler = UnrepeatedDistributedSampler(
+                dataset, self.trainer.world_size, self.trainer.global_rank, False
+            )
         return DataLoader(
             dataset,
             batch_size=batch_size,

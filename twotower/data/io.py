@@ -18,7 +18,9 @@ def _parts(path: Path) -> list[Path]:
     if not path.exists():
         raise DataValidationError(f"{path}: no such file or directory")
     if path.is_dir():
-        parts = sorted(p for p in path.rglob("*") if p.suffix.lower() in (*_PARQUET_SUFFIXES, ".csv") and p.is_file())
+        parts = sorted(
+            p for p in path.rglob("*") if p.suffix.lower() in (*_PARQUET_SUFFIXES, ".csv") and p.is_file()
+        )
         if not parts:
             raise DataValidationError(f"{path}: directory holds no .parquet or .csv files")
         return parts
@@ -59,7 +61,9 @@ def read_table(
                 yield chunk
         else:
             # keep_default_na=False: a title "NA" or "null" is text, not a missing value; only "" is missing.
-            reader = pd.read_csv(part, usecols=list(rename), dtype=str, chunksize=chunksize, keep_default_na=False)
+            reader = pd.read_csv(
+                part, usecols=list(rename), dtype=str, chunksize=chunksize, keep_default_na=False
+            )
             for chunk in reader:
                 chunk = chunk.rename(columns=rename).replace("", None)
                 yielded_rows += len(chunk)

@@ -47,10 +47,16 @@ class DataReport:
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out["rows_read"], out["dropped"], out["flagged"] = dict(self.rows_read), dict(self.dropped), dict(self.flagged)
+        out["rows_read"], out["dropped"], out["flagged"] = (
+            dict(self.rows_read),
+            dict(self.dropped),
+            dict(self.flagged),
+        )
         return out
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+        path.write_text(
+            json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=str), encoding="utf-8"
+        )

@@ -38,7 +38,15 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {"view": 1.0, "add_to_cart": 5.0, "pur
 # Spellings seen in analytics exports; matched after case-folding and removing separators,
 # so "Add To Cart", "add-to-cart" and "AddToCart" are one alias.
 DEFAULT_EVENT_ALIASES: dict[str, tuple[str, ...]] = {
-    "view": ("view", "viewed", "product_viewed", "product_view", "view_item", "item_view", "page_view_product"),
+    "view": (
+        "view",
+        "viewed",
+        "product_viewed",
+        "product_view",
+        "view_item",
+        "item_view",
+        "page_view_product",
+    ),
     "add_to_cart": ("add_to_cart", "added_to_cart", "product_added", "cart_add", "add_cart", "addtobasket"),
     "purchase": ("purchase", "purchased", "order_completed", "order_placed", "checkout_completed", "buy"),
 }
@@ -104,7 +112,9 @@ class EventSchema:
                 self._lookup[_event_key(alias)] = code
         bad = set(dict(self.aliases)) - set(EVENT_TYPES)
         if bad:
-            raise DataValidationError(f"event aliases name unknown event types {sorted(bad)}; known: {list(EVENT_TYPES)}")
+            raise DataValidationError(
+                f"event aliases name unknown event types {sorted(bad)}; known: {list(EVENT_TYPES)}"
+            )
 
     @property
     def weight_array(self) -> np.ndarray:

@@ -99,17 +99,22 @@ def load_events(
     report = report if report is not None else DataReport()
     buyer_index: dict[str, int] = {}
     parts: list[tuple[np.ndarray, ...]] = []
-    progress = tqdm(desc=f"reading {Path(path).name}", unit=" rows", unit_scale=True, disable=not show_progress)
+    progress = tqdm(
+        desc=f"reading {Path(path).name}", unit=" rows", unit_scale=True, disable=not show_progress
+    )
     for chunk in read_table(path, EVENT_COLUMNS, chunksize=chunksize):
         report.rows_read["events"] += len(chunk)
         progress.update(len(chunk))
         buyer_codes, buyer_uniques = pd.factorize(chunk["buyer_id"].map(normalize_text, na_action="ignore"))
         buyer_map = np.array(
-            [buyer_index.setdefault(b, len(buyer_index)) if b else -1 for b in buyer_uniques] + [-1], dtype=np.int64
+            [buyer_index.setdefault(b, len(buyer_index)) if b else -1 for b in buyer_uniques] + [-1],
+            dtype=np.int64,
         )
         buyer = buyer_map[buyer_codes]
         item_codes, item_uniques = pd.factorize(chunk["product_id"].map(normalize_text, na_action="ignore"))
-        item_map = np.array([catalog.aliases.get(p, -2) if p else -1 for p in item_uniques] + [-1], dtype=np.int64)
+        item_map = np.array(
+            [catalog.aliases.get(p, -2) if p else -1 for p in item_uniques] + [-1], dtype=np.int64
+        )
         item = item_map[item_codes]
         event = schema.codes(chunk["event_type"])
         timestamp = parse_timestamps(chunk["timestamp"])
@@ -127,7 +132,9 @@ def load_events(
             report.drop(reason, int((mask & ~bad).sum()))
             bad |= mask
         keep = ~bad
-        parts.append((buyer[keep].astype(np.int32), item[keep].astype(np.int32), event[keep], timestamp[keep]))
+        parts.append(
+            (buyer[keep].astype(np.int32), item[keep].astype(np.int32), event[keep], timestamp[keep])
+        )
     progress.close()
     if not parts or sum(len(p[0]) for p in parts) == 0:
         raise DataValidationError(
@@ -141,7 +148,10 @@ def load_events(
     del order
     duplicate = np.zeros(len(buyer), dtype=bool)
     duplicate[1:] = (
-        (buyer[1:] == buyer[:-1]) & (item[1:] == item[:-1]) & (event[1:] == event[:-1]) & (timestamp[1:] == timestamp[:-1])
+        (buyer[1:] == buyer[:-1])
+        & (item[1:] == item[:-1])
+        & (event[1:] == event[:-1])
+        & (timestamp[1:] == timestamp[:-1])
     )
     report.drop("events.exact_duplicate", int(duplicate.sum()))
     if duplicate.any():
@@ -166,11 +176,15 @@ def _cut_time(events: EventLog, cut: float | str, name: str) -> int:
     """A cut point given as a quantile of event time (0 < q < 1) or as a timestamp string."""
     if isinstance(cut, int | float) and not isinstance(cut, bool):
         if not 0.0 < float(cut) < 1.0:
-            raise DataValidationError(f"split {name}={cut}: a numeric cut is a time quantile and must be in (0, 1)")
+            raise DataValidationError(
+                f"split {name}={cut}: a numeric cut is a time quantile and must be in (0, 1)"
+            )
         return int(np.quantile(events.timestamp, float(cut), method="lower"))
     micros = parse_timestamps(pd.Series([str(cut)]))[0]
     if micros == INVALID_TIME:
-        raise DataValidationError(f"split {name}={cut!r} is neither a quantile in (0, 1) nor an ISO-8601 timestamp")
+        raise DataValidationError(
+            f"split {name}={cut!r} is neither a quantile in (0, 1) nor an ISO-8601 timestamp"
+        )
     return int(micros)
 
 
@@ -240,7 +254,11 @@ def item_counts(events: EventLog, mask: np.ndarray, num_items: int) -> np.ndarra
 
 
 def gather_histories(
-    events: EventLog, positions: np.ndarray, max_history: int, weights_by_event: np.ndarray, trim: bool = False
+    events: EventLog,
+    positions: np.ndarray,
+    max_history: int,
+    weights_by_event: np.ndarray,
+    trim: bool = False,
 ) -> dict[str, np.ndarray]:
     """Right-aligned padded histories for a batch of target positions (vectorized).
 

@@ -30,7 +30,9 @@ def _pooled(vectors: Tensor, index: Tensor, coefficients: Tensor) -> Tensor:
     Scatters the coefficients into a [B, U] matrix (repeated items add up), then one matmul with [U, D]:
     far cheaper forward and backward than gathering every history position.
     """
-    pooling = torch.zeros(index.shape[0], vectors.shape[0], dtype=vectors.dtype, device=vectors.device)  # [B, U]
+    pooling = torch.zeros(
+        index.shape[0], vectors.shape[0], dtype=vectors.dtype, device=vectors.device
+    )  # [B, U]
     pooling.scatter_add_(1, index, coefficients.to(vectors.dtype))
     return pooling @ vectors  # [B, D]
 
@@ -59,7 +61,9 @@ class WeightedAverage(Aggregation):
         return weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)  # [B, L]
 
     def forward(self, history: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
-        return torch.einsum("bl,bld->bd", self.coefficients(weights, mask).to(history.dtype), history)  # [B, D]
+        return torch.einsum(
+            "bl,bld->bd", self.coefficients(weights, mask).to(history.dtype), history
+        )  # [B, D]
 
     def pool(self, vectors: Tensor, index: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
         return _pooled(vectors, index, self.coefficients(weights, mask))
@@ -91,7 +95,9 @@ class AttentionAggregation(Aggregation):
 class BuyerTower(nn.Module):
     """History item vectors [B, L, D] + event weights [B, L] + mask [B, L] -> L2-normalized buyer vector [B, D]."""
 
-    def __init__(self, aggregation_method: str = "weighted_avg", embedding_dim: int = 384, options: dict | None = None):
+    def __init__(
+        self, aggregation_method: str = "weighted_avg", embedding_dim: int = 384, options: dict | None = None
+    ):
         super().__init__()
         if aggregation_method not in AGGREGATIONS:
             raise ValueError(
@@ -102,7 +108,9 @@ class BuyerTower(nn.Module):
         try:
             self.aggregate = AGGREGATIONS[aggregation_method](embedding_dim, **dict(options or {}))
         except TypeError as error:
-            raise ValueError(f"model.buyer_tower.options {dict(options or {})} do not fit {aggregation_method!r}: {error}") from error
+            raise ValueError(
+                f"model.buyer_tower.options {dict(options or {})} do not fit {aggregation_method!r}: {error}"
+            ) from error
 
     def forward(self, history: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
         """History vectors [B, L, D] -> [B, D]."""
@@ -123,5 +131,7 @@ def load_buyer_tower(ckpt_path: str | Path, map_location: str = "cpu") -> BuyerT
     embedding_dim = dict(hparams.get("item_tower") or {}).get("output_dim", 384)
     tower = BuyerTower(embedding_dim=embedding_dim, **dict(hparams.get("buyer_tower") or {}))
     prefix = "buyer_tower."
-    tower.load_state_dict({k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
+    tower.load_state_dict(
+        {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    )
     return tower.eval()

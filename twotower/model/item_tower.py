@@ -25,7 +25,11 @@ class ItemTower(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        if min(text_dim, num_brands, num_categories, hidden_dim, output_dim) < 1 or brand_dim < 0 or category_dim < 0:
+        if (
+            min(text_dim, num_brands, num_categories, hidden_dim, output_dim) < 1
+            or brand_dim < 0
+            or category_dim < 0
+        ):
             raise ValueError("item tower dimensions and vocabulary sizes must be positive")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"model.item_tower.dropout must be in [0, 1), got {dropout}")

@@ -59,8 +59,13 @@ class TwoTowerModule(L.LightningModule):
         if not k_values or min(k_values) < 1:
             raise ValueError(f"model.k_values must be positive integers, got {list(k_values)}")
         self.save_hyperparameters(ignore=["text_encoder", "optimizer", "scheduler"])
-        self.brand_vocab, self.category_vocab = Vocabulary(list(brand_vocab)), Vocabulary(list(category_vocab))
-        self.item_tower = ItemTower(text_dim, len(self.brand_vocab), len(self.category_vocab), **dict(item_tower or {}))
+        self.brand_vocab, self.category_vocab = (
+            Vocabulary(list(brand_vocab)),
+            Vocabulary(list(category_vocab)),
+        )
+        self.item_tower = ItemTower(
+            text_dim, len(self.brand_vocab), len(self.category_vocab), **dict(item_tower or {})
+        )
         embedding_dim = self.item_tower.output_dim
         self.buyer_tower = BuyerTower(embedding_dim=embedding_dim, **dict(buyer_tower or {}))
         self.loss_fn = InfoNCELoss(temperature, use_log_q_correction=use_log_q_correction)
@@ -97,11 +102,17 @@ class TwoTowerModule(L.LightningModule):
                     "use the text encoder the checkpoint was trained with"
                 )
             self.register_buffer("text_features", torch.from_numpy(features), persistent=False)
-        self.register_buffer("brand_index", torch.from_numpy(catalog.brand_indices(self.brand_vocab)), persistent=False)
         self.register_buffer(
-            "category_index", torch.from_numpy(catalog.category_indices(self.category_vocab)), persistent=False
+            "brand_index", torch.from_numpy(catalog.brand_indices(self.brand_vocab)), persistent=False
         )
-        counts = np.ones(len(catalog), np.float32) if item_counts is None else np.asarray(item_counts, np.float32)
+        self.register_buffer(
+            "category_index",
+            torch.from_numpy(catalog.category_indices(self.category_vocab)),
+            persistent=False,
+        )
+        counts = (
+            np.ones(len(catalog), np.float32) if item_counts is None else np.asarray(item_counts, np.float32)
+        )
         self.register_buffer("item_counts", torch.from_numpy(counts), persistent=False)
         self._item_embeddings = None
 
@@ -126,21 +137,31 @@ class TwoTowerModule(L.LightningModule):
             local_ranks = max(1, self.trainer.world_size // max(1, self.trainer.num_nodes))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is not None and getattr(datamodule, "catalog", None) is not None and self._catalog_size == 0:
+        if (
+            datamodule is not None
+            and getattr(datamodule, "catalog", None) is not None
+            and self._catalog_size == 0
+        ):
             self.attach_catalog(datamodule.catalog, datamodule.train_item_counts)
 
     # -- towers ----------------------------------------------------------------------------------
     def embed_items(self, items: Tensor) -> Tensor:
         """L2-normalized item vectors [n, D] for catalog item indices [n]."""
         if self._catalog_size == 0:
-            raise RuntimeError("no catalog attached: call attach_catalog() or run through a Trainer with the datamodule")
+            raise RuntimeError(
+                "no catalog attached: call attach_catalog() or run through a Trainer with the datamodule"
+            )
         if self.fine_tune_text:
             text = self.text_encoder([self._texts[i] for i in items.tolist()])
         else:
             text = self.text_features[items]
-        return self.item_tower(text.to(self.item_tower.mlp[0].weight.dtype), self.brand_index[items], self.category_index[items])
+        return self.item_tower(
+            text.to(self.item_tower.mlp[0].weight.dtype), self.brand_index[items], self.category_index[items]
+        )
 
-    def embed_buyers(self, history_items: Tensor, history_weights: Tensor, history_mask: Tensor, item_vectors: Tensor) -> Tensor:
+    def embed_buyers(
+        self, history_items: Tensor, history_weights: Tensor, history_mask: Tensor, item_vectors: Tensor
+    ) -> Tensor:
         """Buyer vectors [B, D] from history item indices [B, L] using precomputed item vectors [N, D]."""
         return self.buyer_tower.pool(item_vectors, history_items, history_weights, history_mask)
 
@@ -157,18 +178,27 @@ class TwoTowerModule(L.LightningModule):
     # -- training ---------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         history, weights, mask, target = (
-            batch["history_items"], batch["history_weights"], batch["history_mask"], batch["target"]
+            batch["history_items"],
+            batch["history_weights"],
+            batch["history_mask"],
+            batch["target"],
         )
         negatives, _ = sample_negatives(
-            self._catalog_size, self.hparams.num_negatives, item_counts=self.item_counts,
+            self._catalog_size,
+            self.hparams.num_negatives,
+            item_counts=self.item_counts,
             alpha=self.hparams.negative_sampling_alpha,
         )
         negatives = negatives.to(self.device)
         # Run the item tower once over the unique items this batch touches.
-        touched, inverse = torch.unique(torch.cat([history.flatten(), target, negatives]), return_inverse=True)
+        touched, inverse = torch.unique(
+            torch.cat([history.flatten(), target, negatives]), return_inverse=True
+        )
         vectors = self.embed_items(touched)  # [U, D]
         n_history = history.numel()
-        buyers = self.buyer_tower.pool(vectors, inverse[:n_history].view(history.shape), weights, mask)  # [B, D]
+        buyers = self.buyer_tower.pool(
+            vectors, inverse[:n_history].view(history.shape), weights, mask
+        )  # [B, D]
         # Candidates: each row's positive (duplicates across rows are masked as accidental hits) + negatives.
         candidate_ids = torch.cat([target, negatives])  # [B + M]
         candidates = vectors[inverse[n_history:]]  # [B + M, D]
@@ -176,12 +206,18 @@ class TwoTowerModule(L.LightningModule):
         if self.hparams.use_log_q_correction:
             # positives arrive ∝ popularity, negatives ∝ popularity^alpha: correct by the expected count of each
             log_q = mixed_log_q(
-                item_log_q(self.item_counts, 1.0)[candidate_ids], len(target),
-                item_log_q(self.item_counts, self.hparams.negative_sampling_alpha)[candidate_ids], len(negatives),
+                item_log_q(self.item_counts, 1.0)[candidate_ids],
+                len(target),
+                item_log_q(self.item_counts, self.hparams.negative_sampling_alpha)[candidate_ids],
+                len(negatives),
             )
         loss = self.loss_fn(
-            buyers, candidates, torch.arange(len(target), device=self.device),
-            query_item_ids=target, candidate_item_ids=candidate_ids, candidate_log_q=log_q,
+            buyers,
+            candidates,
+            torch.arange(len(target), device=self.device),
+            query_item_ids=target,
+            candidate_item_ids=candidate_ids,
+            candidate_log_q=log_q,
         )
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(target))
         return loss
@@ -191,7 +227,10 @@ class TwoTowerModule(L.LightningModule):
         optimizer = factory(params=self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "interval": "epoch"},
+        }
 
     # -- evaluation -------------------------------------------------------------------------------
     def _start_eval(self, prefix: str) -> None:
@@ -200,14 +239,18 @@ class TwoTowerModule(L.LightningModule):
             {
                 "model": RetrievalMetrics(self.k_values, self._catalog_size, prefix=f"{prefix}/"),
                 "cold": RetrievalMetrics(self.k_values, self._catalog_size, prefix=f"{prefix}/cold/"),
-                "popularity": RetrievalMetrics(self.k_values, self._catalog_size, prefix=f"{prefix}/popularity/"),
+                "popularity": RetrievalMetrics(
+                    self.k_values, self._catalog_size, prefix=f"{prefix}/popularity/"
+                ),
             }
         ).to(self.device)
         k = min(self.max_k, self._catalog_size)
         self._popular = torch.topk(self.item_counts, k).indices  # [k]
 
     def _eval_step(self, batch: dict[str, Tensor]) -> None:
-        buyers = self.embed_buyers(batch["history_items"], batch["history_weights"], batch["history_mask"], self._item_embeddings)
+        buyers = self.embed_buyers(
+            batch["history_items"], batch["history_weights"], batch["history_mask"], self._item_embeddings
+        )
         _, top = topk_scores_chunked(buyers.float(), self._item_embeddings.float(), self.max_k)  # [B, K]
         target = batch["target"]
         self._metrics["model"].update(top, target)
@@ -258,5 +301,6 @@ def load_module(ckpt_path: str | Path, text_encoder: Any = None, map_location: s
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return TwoTowerModule.load_from_checkpoint(path, map_location=map_location, text_encoder=text_encoder, weights_only=False)
-
+    return TwoTowerModule.load_from_checkpoint(
+        path, map_location=map_location, text_encoder=text_encoder, weights_only=False
+    )

@@ -1,12 +1,12 @@
 """The artifact bundle: one self-describing directory per trained model, loadable with no other input.
 
-    manifest.json     format version, created_at, git commit, config, text encoder id, dims, metrics,
-                      counts, sha256 of every file
-    model.ckpt        the Lightning checkpoint (towers, vocabularies, hyperparameters)
-    embeddings.npy    float32 [n, D], L2-normalized, row i = product_ids[i]
-    product_ids.json  canonical product ids
-    index.faiss/...   the vector index + index.json (factory string, metric, ntotal, search params, recall)
-    catalog.parquet   id, title, description, brand, category, photo_url, popularity, aliases
+manifest.json     format version, created_at, git commit, config, text encoder id, dims, metrics,
+                  counts, sha256 of every file
+model.ckpt        the Lightning checkpoint (towers, vocabularies, hyperparameters)
+embeddings.npy    float32 [n, D], L2-normalized, row i = product_ids[i]
+product_ids.json  canonical product ids
+index.faiss/...   the vector index + index.json (factory string, metric, ntotal, search params, recall)
+catalog.parquet   id, title, description, brand, category, photo_url, popularity, aliases
 """
 
 from __future__ import annotations
@@ -33,7 +33,11 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST, CHECKPOINT, EMBEDDINGS, PRODUCT_IDS, CATALOG = (
-    "manifest.json", "model.ckpt", "embeddings.npy", "product_ids.json", "catalog.parquet",
+    "manifest.json",
+    "model.ckpt",
+    "embeddings.npy",
+    "product_ids.json",
+    "catalog.parquet",
 )
 
 
@@ -51,7 +55,9 @@ def _sha256(path: Path) -> str:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -103,7 +109,9 @@ def write_bundle(
     directory = Path(directory)
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     if embeddings.ndim != 2 or len(embeddings) != len(catalog):
-        raise BundleError(f"embeddings shape {embeddings.shape} does not match the catalog's {len(catalog)} products")
+        raise BundleError(
+            f"embeddings shape {embeddings.shape} does not match the catalog's {len(catalog)} products"
+        )
     if index.ntotal != len(catalog):
         raise BundleError(f"index holds {index.ntotal} vectors but the catalog has {len(catalog)} products")
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +120,9 @@ def write_bundle(
     try:
         shutil.copyfile(checkpoint_path, staging / CHECKPOINT)
         np.save(staging / EMBEDDINGS, embeddings)
-        (staging / PRODUCT_IDS).write_text(json.dumps(catalog.product_ids, ensure_ascii=False), encoding="utf-8")
+        (staging / PRODUCT_IDS).write_text(
+            json.dumps(catalog.product_ids, ensure_ascii=False), encoding="utf-8"
+        )
         catalog.to_frame().to_parquet(staging / CATALOG, index=False)
         index.save(staging)
         files = sorted(p.name for p in staging.iterdir() if p.is_file())
@@ -142,7 +152,9 @@ def write_bundle(
     return directory
 
 
-def load_bundle(directory: str | Path, load_index: bool = True, device: str = "cpu", verify_checksums: bool = True) -> Bundle:
+def load_bundle(
+    directory: str | Path, load_index: bool = True, device: str = "cpu", verify_checksums: bool = True
+) -> Bundle:
     """Load a bundle and check that its parts agree (files, checksums, ids, rows, dims, index size)."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -155,13 +167,17 @@ def load_bundle(directory: str | Path, load_index: bool = True, device: str = "c
     except ValueError as error:
         raise BundleError(f"{manifest_path} is not valid JSON: {error}") from error
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{manifest_path}: format_version {manifest.get('format_version')} != supported {FORMAT_VERSION}")
+        raise BundleError(
+            f"{manifest_path}: format_version {manifest.get('format_version')} != supported {FORMAT_VERSION}"
+        )
     for name, digest in manifest.get("files", {}).items():
         path = directory / name
         if not path.is_file():
             raise BundleError(f"bundle {directory} is missing {name} (listed in {MANIFEST})")
         if verify_checksums and _sha256(path) != digest:
-            raise BundleError(f"{path} does not match the checksum in {MANIFEST}: the file was changed or corrupted")
+            raise BundleError(
+                f"{path} does not match the checksum in {MANIFEST}: the file was changed or corrupted"
+            )
     for required in (CHECKPOINT, EMBEDDINGS, PRODUCT_IDS, CATALOG):
         if not (directory / required).is_file():
             raise BundleError(f"bundle {directory} is missing {required}")
@@ -171,16 +187,22 @@ def load_bundle(directory: str | Path, load_index: bool = True, device: str = "c
     catalog = Catalog.from_frame(frame)
     dim = manifest.get("embedding_dim")
     if embeddings.ndim != 2 or embeddings.shape[1] != dim:
-        raise BundleError(f"{directory / EMBEDDINGS}: shape {embeddings.shape}, but {MANIFEST} says dim {dim}")
+        raise BundleError(
+            f"{directory / EMBEDDINGS}: shape {embeddings.shape}, but {MANIFEST} says dim {dim}"
+        )
     if len(product_ids) != len(embeddings):
-        raise BundleError(f"{PRODUCT_IDS} has {len(product_ids)} ids but {EMBEDDINGS} has {len(embeddings)} rows")
+        raise BundleError(
+            f"{PRODUCT_IDS} has {len(product_ids)} ids but {EMBEDDINGS} has {len(embeddings)} rows"
+        )
     if catalog.product_ids != product_ids:
         raise BundleError(f"{CATALOG} product ids differ from {PRODUCT_IDS} (order or content)")
     index = None
     if load_index:
         index = VectorIndex.load(directory, device=device)
         if index.ntotal != len(product_ids):
-            raise BundleError(f"index holds {index.ntotal} vectors but the bundle has {len(product_ids)} products")
+            raise BundleError(
+                f"index holds {index.ntotal} vectors but the bundle has {len(product_ids)} products"
+            )
         if index.dim != embeddings.shape[1]:
             raise BundleError(f"index dim {index.dim} != embedding dim {embeddings.shape[1]}")
         metric = index.info.get("metric", "inner_product")

@@ -296,7 +296,9 @@ class Recommender:
     @staticmethod
     def _nothing_to_encode(query: Query, p: _Prepared) -> QueryError:
         unknown = ", ".join(repr(u) for u in p.unknown[:5]) or "none given"
-        return QueryError(f"no known product in recent_interactions (unknown ids: {unknown}); nothing to encode")
+        return QueryError(
+            f"no known product in recent_interactions (unknown ids: {unknown}); nothing to encode"
+        )
 
     def encode(self, queries: Sequence[Query]) -> list[BuyerVector | QueryError]:
         """Buyer vectors for a batch; a query with no known product is a QueryError (nothing to encode)."""
