@@ -156,13 +156,29 @@ _CHAR_MAP = str.maketrans(
     }
 )
 _SPACES = re.compile(r"\s+")
+# Invisible format characters that copy-paste and RTL editors add: bidi marks and embeddings (U+200E/F,
+# U+202A-E, U+2066-9, U+061C), zero-width space/joiners (U+200B-D), word joiner (U+2060), BOM (U+FEFF); and NUL.
+_FORMAT_CHARS = re.compile("[\u0000\u061c\u200b-\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
+
+
+def strip_format_chars(text: str) -> str:
+    """`text` without bidi marks, zero-width characters, BOM and NUL bytes."""
+    return _FORMAT_CHARS.sub("", text)
 
 
 def normalize_text(text: object) -> str:
-    """Whitespace-normalized display text; None/NaN become ''."""
+    """Whitespace-normalized display text without invisible format characters; None/NaN become ''."""
     if text is None or (isinstance(text, float) and np.isnan(text)):
         return ""
-    return _SPACES.sub(" ", str(text)).strip()
+    return _SPACES.sub(" ", strip_format_chars(str(text))).strip()
+
+
+def normalize_id(value: object) -> str:
+    """Matching form of a product or buyer id: format characters stripped, NFKC, outer whitespace trimmed.
+
+    Applied on both sides (catalog and request), so `"\u200fA1"` and the full-width `"Ａ1"` find product `A1`.
+    """
+    return unicodedata.normalize("NFKC", normalize_text(value))
 
 
 def normalize_key(text: object) -> str:
@@ -170,6 +186,6 @@ def normalize_key(text: object) -> str:
 
     Used only for matching (de-dup, vocabularies); encoders still see the original text.
     """
-    text = unicodedata.normalize("NFC", normalize_text(text))
+    text = unicodedata.normalize("NFKC", normalize_text(text))
     text = _TASHKEEL.sub("", text).replace(_TATWEEL, "")
     return text.translate(_CHAR_MAP).casefold()
