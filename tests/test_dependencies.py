@@ -10,11 +10,11 @@ from __future__ import annotations
 import ast
 import re
 import sys
-import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,9 @@ def test_every_runtime_import_is_declared() -> None:
 def test_the_check_catches_an_undeclared_import(tmp_path: Path) -> None:
     package = tmp_path / "pkg"
     package.mkdir()
-    (package / "mod.py").write_text("import os\n\ndef lazy():\n    import orjson\n    from numpy import array\n")
+    (package / "mod.py").write_text(
+        "import os\n\ndef lazy():\n    import orjson\n    from numpy import array\n"
+    )
     found = top_level_imports(package)
     assert found["orjson"] == {"pkg/mod.py"}
     assert set(undeclared(found, {"numpy"}, own="pkg")) == {"orjson"}
@@ -89,4 +91,6 @@ def test_environment_yml_mirrors_the_runtime_dependencies() -> None:
     listed |= {"torch"} if "pytorch" in listed else set()
     listed |= {"faiss-cpu"} if "faiss-gpu" in listed else set()
     missing = {_requirement_name(r) for r in _project()["dependencies"]} - listed
-    assert not missing, f"environment.yml lacks runtime dependencies declared in pyproject.toml: {sorted(missing)}"
+    assert not missing, (
+        f"environment.yml lacks runtime dependencies declared in pyproject.toml: {sorted(missing)}"
+    )
