@@ -70,6 +70,14 @@ def _parse_metadata(raw: object) -> tuple[str, str, bool]:
     return brand, category, False
 
 
+def _dedup_key(row: int, title: str, description: str, brand: str, category: str) -> str:
+    """Products with equal keys are one product. Without any text nothing says so: a key of its own."""
+    text = (normalize_key(title), normalize_key(description))
+    if not any(text):
+        return f"\x00{row}"  # NUL never survives normalize_key, so this cannot collide with a real key
+    return "\x1f".join((*text, normalize_key(brand), normalize_key(category)))
+
+
 @dataclass
 class Catalog:
     """Canonical products (item index = row), their aliases, and the vocabularies the item tower uses."""
@@ -216,12 +224,8 @@ def load_catalog(
     titles = products["title"].map(normalize_text).tolist()
     descriptions = products["description"].map(normalize_text).tolist()
 
-    dedup_keys = [
-        f"{normalize_key(t)}\x1f{normalize_key(d)}\x1f{normalize_key(b)}\x1f{normalize_key(c)}"
-        if normalize_key(t) or normalize_key(d)
-        else f"\x00{row}"  # no text: a key of its own, never shared
-        for row, (t, d, b, c) in enumerate(zip(titles, descriptions, brands, categories, strict=True))
-    ]
+    rows = enumerate(zip(titles, descriptions, brands, categories, strict=True))
+    dedup_keys = [_dedup_key(row, *fields) for row, fields in rows]
     report.flag("products.empty_text", sum(k.startswith("\x00") for k in dedup_keys))
     canonical_row_of_key: dict[str, int] = {}
     canonical_rows: list[int] = []

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from twotower.data.sample.generate import DEFAULTS, SampleSettings, _generate, summary
 
-DESCRIPTION = "The bundled Arabic e-commerce sample dataset: a deterministic, vectorized generator."
-
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """CLI: ``python -m twotower.data.sample --out DIR --products N --buyers M --seed S``."""
-    parser = argparse.ArgumentParser(prog="python -m twotower.data.sample", description=DESCRIPTION)
+    from twotower.data import sample  # the package docstring describes the dataset
+
+    description = (sample.__doc__ or "").split("\n\n")[0]
+    parser = argparse.ArgumentParser(prog="python -m twotower.data.sample", description=description)
     parser.add_argument("--out", default="data/sample", help="output folder (default: data/sample)")
     parser.add_argument(
         "--products", type=int, default=DEFAULTS.products, help="product rows, duplicates included"
