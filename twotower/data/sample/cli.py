@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from twotower.data.sample.generate import DEFAULTS, SampleSettings, _generate, summary
+from twotower.data.sample.generate import DEFAULTS, SampleSettings, summary, write_sample
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
@@ -29,6 +29,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         settings = SampleSettings(args.products, args.buyers, args.seed, args.events_per_buyer)
     except ValueError as e:
         parser.error(str(e))
-    paths, stats = _generate(args.out, settings)
+    paths, stats = write_sample(args.out, settings)
     print(summary(paths, stats, args.seed))
     return paths

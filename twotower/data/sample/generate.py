@@ -58,7 +58,8 @@ def _paths(out_dir: Path) -> dict[str, Path]:
     return {name: out_dir / f"{name}.csv" for name in FILES}
 
 
-def _generate(out_dir: str | Path, settings: SampleSettings) -> tuple[dict[str, Path], dict[str, int]]:
+def write_sample(out_dir: str | Path, settings: SampleSettings) -> tuple[dict[str, Path], dict[str, int]]:
+    """Write the three files atomically; returns their paths and what was written (for `summary`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = _paths(out)
@@ -115,7 +116,7 @@ def generate_sample(
         ['events', 'photos', 'products']
     """
     settings = SampleSettings(products, buyers, seed, events_per_buyer)
-    paths, stats = _generate(out_dir, settings)
+    paths, stats = write_sample(out_dir, settings)
     log.info("sample dataset: %s", summary(paths, stats, seed))
     return paths
 
