@@ -64,6 +64,14 @@ def test_noisy_spelling_mixed_title_keeps_arabic_key_and_digits() -> None:
         assert len(latin) == 1 and _edits(latin[0].casefold(), "apple") <= 1
 
 
+def test_noisy_spelling_changes_even_one_letter_words() -> None:
+    rng = np.random.default_rng(4)
+    for word in ("و", "من", "في", "ساعة", "a"):
+        for _ in range(200):
+            out = noisy_spelling(word, rng)
+            assert out != word and (not arabic.has_arabic(word) or normalize_key(out) == normalize_key(word))
+
+
 def test_noisy_spelling_is_deterministic_and_leaves_letterless_text() -> None:
     a = [noisy_spelling(t, np.random.default_rng(5)) for t in (*ARABIC_TITLES, *LATIN_TITLES)]
     b = [noisy_spelling(t, np.random.default_rng(5)) for t in (*ARABIC_TITLES, *LATIN_TITLES)]

@@ -161,13 +161,20 @@ def noisy_spelling(text: str, rng: np.random.Generator) -> str:
     `normalize_key`). Latin words get a case change (all lower, all upper or the first letter flipped) and,
     in one word, one typo: two neighbouring letters swapped, a letter dropped, or a letter doubled (in a
     mostly Arabic title, the typo comes half of the time). Digits and punctuation are kept. The result
-    differs from `text` whenever `text` has a letter; the same generator state gives the same result.
+    differs from `text` whenever `text` has a Latin letter or an Arabic letter that takes a harakah (all but
+    ا أ إ آ ى ة); the same generator state gives the same result.
 
     Example:
         >>> rng = np.random.default_rng(0)
         >>> noisy = noisy_spelling("ساعة ذكية من Samsung", rng)  # e.g. "ساعه ذكية من samsnug"
     """
     out = _vary(text, rng, SPELLING_VARIANTS) if arabic.has_arabic(text) else text
+    if out == text:  # a short word where no variant applied (rare): one harakah on one letter
+        spots = [i for i, ch in enumerate(text) if ch in arabic.LETTERS and ch not in _UNMARKED]
+        if spots:
+            i = spots[rng.integers(len(spots))]
+            mark = arabic.COMMON_TASHKEEL[rng.integers(len(arabic.COMMON_TASHKEEL))]
+            out = text[: i + 1] + mark + text[i + 1 :]
     words = out.split(" ")
     latin = [i for i, w in enumerate(words) if any(_is_latin(ch) for ch in w)]
     if latin:
