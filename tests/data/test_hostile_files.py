@@ -40,6 +40,22 @@ def test_non_utf8_csv_names_the_file_and_the_option(tmp_path: Path, encoding: st
     assert catalog.titles == PRODUCTS["title"].tolist()
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_byte_order_mark_is_named(tmp_path: Path, encoding: str) -> None:
+    path = tmp_path / "products.csv"
+    PRODUCTS.to_csv(path, index=False, encoding=encoding)
+    for asked in ("utf-8", "utf-16"):  # read as UTF-8 it "decodes" (NULs are valid); utf-16 wants a BOM
+        with pytest.raises(DataValidationError, match=f"data.encoding={encoding}"):
+            load_catalog(path, encoding=asked)
+    assert load_catalog(path, encoding=encoding).titles == PRODUCTS["title"].tolist()
+
+
+def test_utf8_with_byte_order_mark_reads_as_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "products.csv"
+    PRODUCTS.to_csv(path, index=False, encoding="utf-8-sig")  # Excel's "CSV UTF-8"
+    assert load_catalog(path).product_ids == ["p1", "p2"]
+
+
 def test_bad_bytes_below_a_clean_header_and_unknown_encoding(tmp_path: Path) -> None:
     path = tmp_path / "events.csv"
     rows = "".join(f"u{i},p1,view,2024-01-01T00:00:00Z\n" for i in range(50))

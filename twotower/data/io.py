@@ -32,8 +32,11 @@ def _guess_encoding(part: Path) -> str:
     """The likeliest encoding of a CSV that is not valid in the one asked for (for the error message)."""
     with open(part, "rb") as f:
         head = f.read(1 << 16)
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or head[:200].count(b"\x00") > len(head[:200]) // 4:
-        return "utf-16"  # a BOM, or every other byte NUL: Excel's "Unicode text" export
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"  # with a byte-order mark: Excel's "Unicode text" export
+    sample = head[:400]
+    if sample.count(b"\x00") > len(sample) // 4:  # every other byte NUL: UTF-16 without a byte-order mark
+        return "utf-16-le" if sample[1::2].count(b"\x00") > sample[::2].count(b"\x00") else "utf-16-be"
     try:
         head.decode("utf-8")
         return "utf-8"
@@ -58,11 +61,14 @@ def _columns(part: Path, encoding: str) -> list[str]:
     if part.suffix.lower() in _PARQUET_SUFFIXES:
         return list(pq.read_schema(part).names)
     try:
-        return list(pd.read_csv(part, nrows=0, encoding=encoding).columns)
+        columns = [str(c) for c in pd.read_csv(part, nrows=0, encoding=encoding).columns]
     except pd.errors.EmptyDataError:
         raise DataValidationError(f"{part}: file is empty (expected a header row)") from None
     except (UnicodeError, LookupError) as e:
         raise _decode_error(part, encoding, e) from None
+    if any("\x00" in c for c in columns):  # UTF-16 read as UTF-8 "decodes": NUL between the letters
+        raise _decode_error(part, encoding, UnicodeError("NUL bytes between the header's letters"))
+    return columns
 
 
 def read_table(
