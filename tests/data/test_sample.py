@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twotower.data import sample
-from twotower.data.sample import arabic_variant, ensure_sample, generate_sample, main
+from twotower.data.sample import arabic_variant, ensure_sample, generate_sample, main, noise
 from twotower.data.schema import normalize_key
 
 ARABIC = re.compile("[\u0600-\u06ff]")
@@ -168,7 +167,7 @@ def test_duplicates_are_normalization_variants_and_referenced(frames) -> None:
     assert sum(all(i in referenced for i in ids) for ids in dup_groups) >= 1, "events must name duplicate ids"
 
 
-@pytest.mark.parametrize("fn", sample._VARIANTS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("fn", noise.VARIANTS, ids=lambda f: f.__name__)
 def test_each_variant_collapses_under_normalization(fn) -> None:
     rng = np.random.default_rng(0)
     text = "قلادة ذهب عيار 21 فاخرة من الفردان موديل 1042، هدية مثالية للمناسبات بتصميم عصري"

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,6 +9,8 @@ from twotower.data.report import DataReport
 from twotower.data.schema import DataValidationError, EventSchema
 from twotower.data.sequences import (
     INVALID_TIME,
+    MAX_TIME,
+    MIN_TIME,
     build_examples,
     gather_histories,
     load_events,
@@ -33,6 +37,35 @@ def test_timestamps_in_every_accepted_form():
     assert micros[6] == INVALID_TIME and micros[7] == INVALID_TIME
     as_datetimes = parse_timestamps(pd.Series(pd.to_datetime(["2024-01-01T00:00:00Z"])))
     assert as_datetimes.tolist() == [expected]
+
+
+def test_out_of_range_timestamps_are_invalid_without_platform_casts():
+    """inf/1e300 used to go through a float -> int64 cast whose result differs by CPU (INT64_MIN on x86,
+    saturated on ARM, so kept there) and years past 2262 were kept although pandas cannot hold them."""
+    values = pd.Series(
+        ["inf", "-inf", "1e300", "-1e300", "99999999999999999999999", "1e18", "-1e17", "9999-01-01T00:00:00Z"]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "invalid value encountered in cast"
+        micros = parse_timestamps(values)
+        numbers = parse_timestamps(pd.Series([np.inf, 1e300, 2**62, 1704067200.0]))
+    assert micros.tolist() == [INVALID_TIME] * len(values)
+    assert numbers.tolist() == [INVALID_TIME] * 3 + [1704067200 * 10**6]
+    edges = parse_timestamps(
+        pd.Series(["2262-04-11T00:00:00Z", "2262-04-12T00:00:00Z", "-86400", "1677-09-22"])
+    )
+    assert MIN_TIME < edges[3] < edges[2] < edges[0] < MAX_TIME and edges[1] == INVALID_TIME
+    assert edges[2] == -86400 * 10**6
+
+
+def test_out_of_range_timestamps_are_counted_drops(tiny_data, tmp_path):
+    events = pd.read_csv(tiny_data["events"], dtype=str, keep_default_na=False)
+    events.loc[0, "created_at"], events.loc[1, "created_at"] = "inf", "1e300"
+    path = tmp_path / "events.csv"
+    events.to_csv(path, index=False)
+    report = DataReport()
+    load_events(path, load_catalog(tiny_data["products"]), report=report, show_progress=False)
+    assert report.dropped["events.bad_timestamp"] == 1 + 2
 
 
 def test_bad_rows_are_dropped_and_counted_once(tiny_data):

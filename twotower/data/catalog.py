@@ -11,15 +11,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from twotower.data.io import DEFAULT_CHUNKSIZE, read_table
+from twotower.data.io import DEFAULT_CHUNKSIZE, DEFAULT_ENCODING, read_table
 from twotower.data.report import DataReport
 from twotower.data.schema import (
     PHOTO_COLUMNS,
     PRODUCT_COLUMNS,
     PRODUCT_OPTIONAL_COLUMNS,
     DataValidationError,
+    normalize_id,
     normalize_key,
     normalize_text,
+    strip_format_chars,
 )
 
 log = logging.getLogger(__name__)
@@ -57,15 +59,23 @@ def _parse_metadata(raw: object) -> tuple[str, str, bool]:
     if isinstance(raw, dict):
         meta = raw
     else:
-        try:
-            meta = json.loads(raw)
-        except (TypeError, ValueError):
+        try:  # NUL and bidi marks are invalid inside JSON strings and would be stripped from the values anyway
+            meta = json.loads(strip_format_chars(str(raw)))
+        except (TypeError, ValueError, RecursionError):  # deeply nested JSON overflows the parser's stack
             return "", "", True
         if not isinstance(meta, dict):
             return "", "", True
     brand = normalize_text(meta.get("brand"))
     category = normalize_text(meta.get("catalog_id", meta.get("category")))
     return brand, category, False
+
+
+def _dedup_key(row: int, title: str, description: str, brand: str, category: str) -> str:
+    """Products with equal keys are one product. Without any text nothing says so: a key of its own."""
+    text = (normalize_key(title), normalize_key(description))
+    if not any(text):
+        return f"\x00{row}"  # NUL never survives normalize_key, so this cannot collide with a real key
+    return "\x1f".join((*text, normalize_key(brand), normalize_key(category)))
 
 
 @dataclass
@@ -102,8 +112,11 @@ class Catalog:
         return (vocab or self.category_vocab).lookup(self.categories)
 
     def resolve(self, product_ids: Sequence[object]) -> np.ndarray:
-        """Item indices for raw ids (duplicates resolve to their canonical product); -1 when unknown."""
-        return np.array([self.aliases.get(str(p), -1) for p in product_ids], dtype=np.int64)
+        """Item indices for raw ids (duplicates resolve to their canonical product); -1 when unknown.
+
+        Ids are matched in `normalize_id` form, as the catalog stores them (RLM, zero-width, full-width...).
+        """
+        return np.array([self.aliases.get(normalize_id(p), -1) for p in product_ids], dtype=np.int64)
 
     def duplicate_ids(self) -> list[list[str]]:
         """For each item, the non-canonical ids that resolve to it."""
@@ -134,12 +147,13 @@ class Catalog:
         brand_vocab: Vocabulary | None = None,
         category_vocab: Vocabulary | None = None,
     ) -> Catalog:
-        ids = frame["product_id"].astype(str).tolist()
+        # normalize_id again: bundles written before ids were NFKC-normalized still match requests
+        ids = [normalize_id(p) for p in frame["product_id"]]
         aliases = {pid: i for i, pid in enumerate(ids)}
         if "aliases" in frame:
             for i, dups in enumerate(frame["aliases"]):
                 for dup in [] if dups is None else list(dups):
-                    aliases.setdefault(str(dup), i)
+                    aliases.setdefault(normalize_id(dup), i)
         brands = frame["brand"].fillna("").astype(str).tolist()
         categories = frame["category"].fillna("").astype(str).tolist()
         return cls(
@@ -163,14 +177,26 @@ def load_catalog(
     photos_path: str | Path | None = None,
     report: DataReport | None = None,
     chunksize: int = DEFAULT_CHUNKSIZE,
+    *,
+    encoding: str = DEFAULT_ENCODING,
 ) -> Catalog:
     """Read products (and optional photos), parse metadata, collapse duplicates into canonical products.
 
-    Duplicates share the same normalized title + description + brand; the first one seen is canonical and
-    the others stay resolvable through `Catalog.aliases`.
+    Duplicates share the same normalized title + description + brand + category; the first one seen is
+    canonical and the others stay resolvable through `Catalog.aliases`. Products without any text are never
+    merged (nothing says they are the same product). Ids are keyed in `normalize_id` form.
+    `encoding` is the CSV files' text encoding (data.encoding).
+
+    Example:
+        >>> catalog = load_catalog("data/sample/products.csv", "data/sample/photos.csv")
+        >>> catalog.resolve(["p000042", "\u200fp000042", "unknown"])  # -> [i, i, -1]
     """
     report = report if report is not None else DataReport()
-    frames = list(read_table(products_path, PRODUCT_COLUMNS, PRODUCT_OPTIONAL_COLUMNS, chunksize=chunksize))
+    frames = list(
+        read_table(
+            products_path, PRODUCT_COLUMNS, PRODUCT_OPTIONAL_COLUMNS, chunksize=chunksize, encoding=encoding
+        )
+    )
     products = pd.concat(frames, ignore_index=True)
     report.rows_read["products"] += len(products)
     for column in ("description", "metadata"):
@@ -180,7 +206,7 @@ def load_catalog(
             )
             products[column] = None
 
-    ids = products["product_id"].map(normalize_text)
+    ids = products["product_id"].map(normalize_id)
     missing_id = ids == ""
     report.drop("products.missing_id", int(missing_id.sum()))
     repeated_id = ids.duplicated() & ~missing_id
@@ -198,10 +224,9 @@ def load_catalog(
     titles = products["title"].map(normalize_text).tolist()
     descriptions = products["description"].map(normalize_text).tolist()
 
-    dedup_keys = [
-        f"{normalize_key(t)}\x1f{normalize_key(d)}\x1f{normalize_key(b)}"
-        for t, d, b in zip(titles, descriptions, brands, strict=True)
-    ]
+    rows = enumerate(zip(titles, descriptions, brands, categories, strict=True))
+    dedup_keys = [_dedup_key(row, *fields) for row, fields in rows]
+    report.flag("products.empty_text", sum(k.startswith("\x00") for k in dedup_keys))
     canonical_row_of_key: dict[str, int] = {}
     canonical_rows: list[int] = []
     row_to_item = np.empty(len(ids), dtype=np.int64)
@@ -217,10 +242,10 @@ def load_catalog(
     pick = lambda values: [values[r] for r in canonical_rows]  # noqa: E731
     photo_urls = [""] * len(canonical_rows)
     if photos_path is not None:
-        photo_frames = read_table(photos_path, PHOTO_COLUMNS, chunksize=chunksize)
+        photo_frames = read_table(photos_path, PHOTO_COLUMNS, chunksize=chunksize, encoding=encoding)
         photos = pd.concat(list(photo_frames), ignore_index=True)
         report.rows_read["photos"] += len(photos)
-        items = [aliases.get(normalize_text(p), -1) for p in photos["product_id"]]
+        items = [aliases.get(normalize_id(p), -1) for p in photos["product_id"]]
         urls = photos["photo_url"].map(normalize_text).tolist()
         unknown = 0
         for item, url in zip(items, urls, strict=True):

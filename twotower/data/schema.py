@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from twotower.data import arabic
+
 # Canonical column -> accepted spellings, in order of preference.
 EVENT_COLUMNS: dict[str, tuple[str, ...]] = {
     "buyer_id": ("buyer_id", "distinct_id", "user_id"),
@@ -141,20 +143,6 @@ class EventSchema:
 
 
 # --- Arabic-aware matching keys ---------------------------------------------------------------------
-_TASHKEEL = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06dc\u06df-\u06e8\u06ea-\u06ed]")
-_TATWEEL = "\u0640"
-_CHAR_MAP = str.maketrans(
-    {
-        "\u0623": "\u0627",  # أ -> ا
-        "\u0625": "\u0627",  # إ -> ا
-        "\u0622": "\u0627",  # آ -> ا
-        "\u0671": "\u0627",  # ٱ -> ا
-        "\u0649": "\u064a",  # ى -> ي
-        "\u0629": "\u0647",  # ة -> ه
-        **{chr(0x0660 + d): str(d) for d in range(10)},  # Arabic-Indic digits
-        **{chr(0x06F0 + d): str(d) for d in range(10)},  # Extended (Persian) digits
-    }
-)
 _SPACES = re.compile(r"\s+")
 # Invisible format characters that copy-paste and RTL editors add: bidi marks and embeddings (U+200E/F,
 # U+202A-E, U+2066-9, U+061C), zero-width space/joiners (U+200B-D), word joiner (U+2060), BOM (U+FEFF); and NUL.
@@ -184,8 +172,8 @@ def normalize_id(value: object) -> str:
 def normalize_key(text: object) -> str:
     """Matching key: strip tashkeel and tatweel, unify alef/yeh/teh-marbuta, ASCII digits, case-fold Latin.
 
+    The Arabic rules live in `twotower.data.arabic`; the sample generator's noise inverts the same rules.
+
     Used only for matching (de-dup, vocabularies); encoders still see the original text.
     """
-    text = unicodedata.normalize("NFKC", normalize_text(text))
-    text = _TASHKEEL.sub("", text).replace(_TATWEEL, "")
-    return text.translate(_CHAR_MAP).casefold()
+    return arabic.fold(unicodedata.normalize("NFKC", normalize_text(text))).casefold()

@@ -16,13 +16,17 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from twotower.data.catalog import Catalog
-from twotower.data.io import DEFAULT_CHUNKSIZE, read_table
+from twotower.data.io import DEFAULT_CHUNKSIZE, DEFAULT_ENCODING, read_table
 from twotower.data.report import DataReport
-from twotower.data.schema import EVENT_COLUMNS, DataValidationError, EventSchema, normalize_text
+from twotower.data.schema import EVENT_COLUMNS, DataValidationError, EventSchema, normalize_id
 
 log = logging.getLogger(__name__)
 
 INVALID_TIME = np.iinfo(np.int64).min
+# The range every pandas API handles (datetime64[ns]: 1677-09-21 .. 2262-04-11), in microseconds. Outside it
+# a value is garbage (inf, 1e300, a stray 30-digit number), and float -> int64 casts of it differ by platform.
+MIN_TIME = pd.Timestamp.min.value // 1000 + 1
+MAX_TIME = pd.Timestamp.max.value // 1000
 SPLITS = ("train", "val", "test")
 SPLIT_METHODS = ("temporal", "leave_last_out")
 
@@ -32,23 +36,27 @@ def _micros(utc_times: pd.Series) -> np.ndarray:
 
 
 def parse_timestamps(values: pd.Series) -> np.ndarray:
-    """int64 microseconds since the Unix epoch (UTC); INVALID_TIME where unparseable.
+    """int64 microseconds since the Unix epoch (UTC); INVALID_TIME where unparseable or out of range.
 
     Accepts datetimes, ISO-8601 strings with or without a zone (naive = UTC), and epoch seconds,
-    milliseconds or microseconds (as numbers or digit strings; told apart by magnitude).
+    milliseconds or microseconds (as numbers or digit strings; told apart by magnitude). Times outside
+    [MIN_TIME, MAX_TIME] (years 1677..2262), infinities and NaN are INVALID_TIME on every platform.
     """
     out = np.full(len(values), INVALID_TIME, dtype=np.int64)
     if pd.api.types.is_datetime64_any_dtype(values):
         parsed = pd.to_datetime(values, utc=True)
         ok = parsed.notna().to_numpy()
         out[ok] = _micros(parsed[ok])
-        return out
+        return _in_range(out)
     numeric = pd.to_numeric(values, errors="coerce")
     is_number = numeric.notna().to_numpy()
     if is_number.any():
         number = numeric.to_numpy(dtype=np.float64, na_value=np.nan)[is_number]
         scale = np.where(number >= 1e14, 1.0, np.where(number >= 1e11, 1e3, 1e6))  # us, ms or s -> us
-        out[is_number] = np.round(number * scale).astype(np.int64)
+        micros = number * scale
+        # check before the cast: float -> int64 of inf or 1e300 is undefined (INT64_MIN on x86, saturated on ARM)
+        fits = np.isfinite(micros) & (micros >= MIN_TIME) & (micros <= MAX_TIME)
+        out[np.flatnonzero(is_number)[fits]] = np.round(micros[fits]).astype(np.int64)
     if not is_number.all():
         text = values[~is_number]
         parsed = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
@@ -56,7 +64,11 @@ def parse_timestamps(values: pd.Series) -> np.ndarray:
         micros = np.full(len(text), INVALID_TIME, dtype=np.int64)
         micros[ok] = _micros(parsed[ok])
         out[~is_number] = micros
-    return out
+    return _in_range(out)
+
+
+def _in_range(micros: np.ndarray) -> np.ndarray:
+    return np.where((micros >= MIN_TIME) & (micros <= MAX_TIME), micros, INVALID_TIME)
 
 
 @dataclass
@@ -93,8 +105,13 @@ def load_events(
     report: DataReport | None = None,
     chunksize: int = DEFAULT_CHUNKSIZE,
     show_progress: bool = True,
+    *,
+    encoding: str = DEFAULT_ENCODING,
 ) -> EventLog:
-    """Read events in chunks, normalize them, drop (and count) unusable rows, sort per buyer by time."""
+    """Read events in chunks, normalize them, drop (and count) unusable rows, sort per buyer by time.
+
+    Buyer and product ids are matched in `normalize_id` form; `encoding` is the CSV's text encoding.
+    """
     schema = schema or EventSchema()
     report = report if report is not None else DataReport()
     buyer_index: dict[str, int] = {}
@@ -102,16 +119,16 @@ def load_events(
     progress = tqdm(
         desc=f"reading {Path(path).name}", unit=" rows", unit_scale=True, disable=not show_progress
     )
-    for chunk in read_table(path, EVENT_COLUMNS, chunksize=chunksize):
+    for chunk in read_table(path, EVENT_COLUMNS, chunksize=chunksize, encoding=encoding):
         report.rows_read["events"] += len(chunk)
         progress.update(len(chunk))
-        buyer_codes, buyer_uniques = pd.factorize(chunk["buyer_id"].map(normalize_text, na_action="ignore"))
+        buyer_codes, buyer_uniques = pd.factorize(chunk["buyer_id"].map(normalize_id, na_action="ignore"))
         buyer_map = np.array(
             [buyer_index.setdefault(b, len(buyer_index)) if b else -1 for b in buyer_uniques] + [-1],
             dtype=np.int64,
         )
         buyer = buyer_map[buyer_codes]
-        item_codes, item_uniques = pd.factorize(chunk["product_id"].map(normalize_text, na_action="ignore"))
+        item_codes, item_uniques = pd.factorize(chunk["product_id"].map(normalize_id, na_action="ignore"))
         item_map = np.array(
             [catalog.aliases.get(p, -2) if p else -1 for p in item_uniques] + [-1], dtype=np.int64
         )
