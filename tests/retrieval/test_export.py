@@ -19,6 +19,7 @@ from twotower.retrieval.export import (
     ExportSettings,
     check_manifest_config,
     export_bundle,
+    held_out_buyer_vectors,
     model_config_from_hparams,
 )
 from twotower.retrieval.index import IndexBuilder
@@ -145,3 +146,29 @@ def test_bundle_accessors_on_old_export_manifests_and_manifests_without_config()
     bundle.manifest = {}
     assert bundle.config == {} and bundle.model_config == {} and bundle.text_encoder_config is None
     assert bundle.event_schema.weights == DEFAULT_EVENT_WEIGHTS
+
+
+class PerItemHistories(torch.utils.data.Dataset):
+    """A dataset without batch gathering (no __getitems__): one example dict per index."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {
+            "history_items": torch.tensor([i, (i + 1) % 30]),
+            "history_weights": torch.ones(2),
+            "history_mask": torch.ones(2, dtype=torch.bool),
+        }
+
+
+def test_held_out_buyer_vectors_take_evenly_spread_examples_of_any_dataset():
+    module = tiny_module(30)
+    items = module.embed_catalog()
+    vectors = held_out_buyer_vectors(module, PerItemHistories(), items, limit=3)
+    assert vectors.shape == (3, 8)
+    want = module.embed_buyers(
+        torch.tensor([[0, 1]]), torch.ones(1, 2), torch.ones(1, 2, dtype=torch.bool), items
+    )
+    np.testing.assert_allclose(vectors[0], want[0].detach().numpy(), atol=1e-6)
+    assert held_out_buyer_vectors(module, PerItemHistories(), items, limit=0).shape == (0, 8)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from twotower.data.catalog import Catalog
 from twotower.retrieval.bundle import point_latest, write_bundle
@@ -85,6 +85,10 @@ def check_manifest_config(config: Mapping[str, Any]) -> None:
         )
 
 
+def _collate(batch: Any) -> dict[str, torch.Tensor]:
+    return batch if isinstance(batch, Mapping) else default_collate(batch)
+
+
 def held_out_buyer_vectors(
     module: TwoTowerModule, dataset: Dataset, item_vectors: torch.Tensor, limit: int
 ) -> np.ndarray:
@@ -92,8 +96,9 @@ def held_out_buyer_vectors(
     if limit < 1 or len(dataset) == 0:
         return np.zeros((0, item_vectors.shape[1]), np.float32)
     picks = np.linspace(0, len(dataset) - 1, num=min(limit, len(dataset))).astype(np.int64).tolist()
-    # One batch through a DataLoader: the dataset's own batching (HistoryDataset collates whole batches).
-    loader = DataLoader(dataset, batch_size=len(picks), sampler=picks, collate_fn=lambda batch: batch)
+    # One batch through a DataLoader, which uses the dataset's own batching where it has one
+    # (HistoryDataset gathers a whole batch at once) and torch's default collation otherwise.
+    loader = DataLoader(dataset, batch_size=len(picks), sampler=picks, collate_fn=_collate)
     batch = next(iter(loader))
     device = item_vectors.device
     with torch.no_grad():
