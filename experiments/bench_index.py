@@ -44,12 +44,6 @@ def clustered_vectors(n: int, n_queries: int, dim: int, seed: int = 0) -> tuple[
     return draw(n), draw(n_queries)
 
 
-def index_bytes(index: VectorIndex) -> int:
-    if index._matrix is not None:
-        return index._matrix.numel() * index._matrix.element_size()
-    return int(faiss.serialize_index(index._cpu_faiss()).size)
-
-
 def single_latency(
     index: VectorIndex, queries: np.ndarray, n: int, budget_s: float
 ) -> tuple[float, float, int]:
@@ -97,7 +91,7 @@ def run_size(n: int, args: argparse.Namespace) -> list[dict]:
             "kind": kind,
             "factory": index.info["factory"] or "torch matmul+topk",
             "build_s": build_s,
-            "mb": index_bytes(index) / 2**20,
+            "mb": index.memory_bytes() / 2**20,
             "p50": p50,
             "p99": p99,
             "n_single": n_single,

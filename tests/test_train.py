@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tests.conftest import compose_config
-from twotower.config import ConfigError, validate_config
-from twotower.entry import RUNTIME_ARGS, build_run
+from twotower.assembly import RUNTIME_ARGS, build_run
+from twotower.config import ConfigError, check_k_values, validate_config
 from twotower.train import train
 
 
@@ -191,3 +191,13 @@ def test_ddp_sim_metrics_equal_single_process_on_the_same_checkpoint(tmp_path):
     (single,) = trainer.test(module, datamodule=run.datamodule, verbose=False)
     assert single["test/recall@10"] == pytest.approx(ddp_recall, abs=1e-6)
     assert single["test/ndcg@10"] == pytest.approx(manifest["metrics"]["test/ndcg@10"], abs=1e-6)
+
+
+@pytest.mark.parametrize("bad", [[], [0, 10], [10, "x"], [True], None])
+def test_k_values_check_names_the_key(bad):
+    with pytest.raises(ConfigError, match=r"model\.k_values must be a non-empty list of integers >= 1"):
+        check_k_values(bad, "model.k_values")
+
+
+def test_k_values_are_sorted_and_deduplicated():
+    assert check_k_values([50, 10, 10, 100]) == [10, 50, 100]

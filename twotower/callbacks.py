@@ -1,144 +1,72 @@
-"""Callbacks: export embeddings + build the index into a bundle; TensorBoard embedding projector."""
+"""Callbacks: gather the catalog's item vectors for bundle export; TensorBoard embedding projector."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import Dataset
 
-from twotower.retrieval.bundle import point_latest, write_bundle
+from twotower.retrieval.export import ExportSettings, export_bundle
 from twotower.retrieval.index import IndexBuilder
+
+if TYPE_CHECKING:
+    from twotower.data.datamodule import TwoTowerDataModule
+    from twotower.model.module import TwoTowerModule
 
 log = logging.getLogger(__name__)
 
 
-def held_out_buyer_queries(
-    module: Any, datamodule: Any, item_vectors: torch.Tensor, limit: int
-) -> np.ndarray:
-    """Buyer vectors [n, D] for up to `limit` held-out examples (val, else test, else train): index recall queries."""
-    for split in ("val", "test", "train"):
+def held_out_dataset(datamodule: TwoTowerDataModule) -> Dataset:
+    """The examples whose buyer vectors measure an index's recall: val, else test, else train."""
+    for split in ("val", "test"):
         dataset = datamodule.dataset(split)
         if len(dataset):
-            break
-    picks = np.linspace(0, len(dataset) - 1, num=min(limit, len(dataset))).astype(np.int64)
-    batch = dataset.__getitems__(picks)
-    with torch.no_grad():
-        buyers = module.embed_buyers(
-            batch["history_items"].to(item_vectors.device),
-            batch["history_weights"].to(item_vectors.device),
-            batch["history_mask"].to(item_vectors.device),
-            item_vectors,
-        )
-    return buyers.float().cpu().numpy()
-
-
-def export_bundle(
-    module: Any,
-    datamodule: Any,
-    embeddings: np.ndarray,
-    index_builder: IndexBuilder,
-    bundle_dir: str | Path,
-    checkpoint_path: str | Path,
-    run_config: dict | None = None,
-    metrics: dict | None = None,
-    latest_link: str | Path | None = None,
-    recall_queries: int = 2000,
-) -> Path:
-    """Build the index over `embeddings`, measure its recall on held-out buyers, write the bundle, point latest."""
-    index = index_builder.build(embeddings)
-    vectors = torch.from_numpy(embeddings).to(module.device)
-    queries = held_out_buyer_queries(module, datamodule, vectors, recall_queries)
-    index.measure_recall(queries, k=10)
-    counts = {
-        **{f"examples_{k}": v for k, v in datamodule.report.examples.items()},
-        "buyers": datamodule.report.buyers,
-        "events": datamodule.report.events_kept,
-        "cold_items": datamodule.report.cold_items,
-    }
-    path = write_bundle(
-        bundle_dir,
-        embeddings=embeddings,
-        catalog=datamodule.catalog,
-        index=index,
-        checkpoint_path=checkpoint_path,
-        config=run_config,
-        metrics=metrics,
-        counts=counts,
-        text_encoder_id=getattr(module.encoder, "id", None),
-    )
-    if latest_link:
-        point_latest(latest_link, path)
-        log.info("%s -> %s", latest_link, path)
-    return path
+            return dataset
+    return datamodule.dataset("train")
 
 
 class BundleExporter(BasePredictionWriter):
-    """After fit: embed the catalog with Lightning predict (sharded across ranks), rank 0 writes the bundle.
+    """Gathers the catalog's item vectors from Lightning predict (sharded across ranks) onto rank 0.
 
-    With refresh_on_best, the bundle is also rewritten at the end of every epoch that sets a new best checkpoint.
+    ``python -m twotower.train`` and ``python -m twotower.export`` call :meth:`predict_embeddings`, then
+    :func:`~twotower.retrieval.export.export_bundle`. With ``refresh_on_best``, this callback itself
+    exports the bundle at the end of every epoch that sets a new best checkpoint (``run_config`` is then
+    the manifest's config; ``twotower.assembly.build_run`` passes it).
     """
 
     def __init__(
         self,
         index: IndexBuilder,
-        bundle_dir: str,
-        latest_link: str | None = None,
-        recall_queries: int = 2000,
+        settings: ExportSettings,
         refresh_on_best: bool = False,
+        run_config: dict | None = None,
     ) -> None:
         super().__init__(write_interval="epoch")
-        self.index_builder, self.bundle_dir, self.latest_link = index, Path(bundle_dir), latest_link
-        self.recall_queries, self.refresh_on_best = recall_queries, refresh_on_best
-        self.run_config: dict | None = (
-            None  # set by the entry point: the resolved run config for the manifest
-        )
-        self.checkpoint_path: str | None = None  # set by the entry point for exports outside a fit
-        self.metrics: dict[str, float] | None = (
-            None  # set by the entry point: predict resets callback_metrics
-        )
-        self.written: Path | None = None
+        self.index, self.settings = index, settings
+        self.refresh_on_best, self.run_config = refresh_on_best, run_config
+        self._gathered: np.ndarray | None = None
         self._last_best: str | None = None
 
-    def _checkpoint(self, trainer: L.Trainer) -> str:
-        path = (
-            self.checkpoint_path
-            or trainer.ckpt_path
-            or getattr(trainer.checkpoint_callback, "best_model_path", "")
-        )
-        if not path:
-            raise RuntimeError("no checkpoint to put in the bundle: enable ModelCheckpoint or pass ckpt_path")
-        return str(path)
-
-    def _export(
+    def predict_embeddings(
         self,
         trainer: L.Trainer,
-        pl_module: Any,
-        embeddings: np.ndarray,
-        checkpoint: str,
-        latest_link: str | None,
-    ) -> None:
-        self.written = export_bundle(
-            pl_module,
-            trainer.datamodule,
-            embeddings,
-            self.index_builder,
-            self.bundle_dir,
-            checkpoint,
-            self.run_config,
-            self._metrics(trainer),
-            latest_link,
-            self.recall_queries,
-        )
-
-    def _metrics(self, trainer: L.Trainer) -> dict[str, float]:
-        metrics = self.metrics if self.metrics is not None else trainer.callback_metrics
-        return {k: float(v) for k, v in metrics.items() if not k.startswith("train/")}
+        module: TwoTowerModule,
+        datamodule: L.LightningDataModule,
+        ckpt_path: str | None = None,
+    ) -> np.ndarray | None:
+        """Item vectors ``[N, D]`` of the datamodule's catalog on rank 0 (``None`` on other ranks)."""
+        if self not in trainer.callbacks:
+            raise ValueError("this BundleExporter is not among the trainer's callbacks: add it to gather")
+        self._gathered = None
+        trainer.predict(module, datamodule=datamodule, ckpt_path=ckpt_path, return_predictions=False)
+        embeddings, self._gathered = self._gathered, None
+        return embeddings
 
     def write_on_epoch_end(
         self, trainer: L.Trainer, pl_module: Any, predictions: list, batch_indices: Any
@@ -155,9 +83,9 @@ class BundleExporter(BasePredictionWriter):
             items, vectors = self._gather(pl_module, items, vectors)
         if not trainer.is_global_zero:
             return
-        embeddings = np.zeros((pl_module._catalog_size, vectors.shape[1]), np.float32)
+        embeddings = np.zeros((pl_module.catalog_size, vectors.shape[1]), np.float32)
         embeddings[items.cpu().numpy()] = vectors.float().cpu().numpy()
-        self._export(trainer, pl_module, embeddings, self._checkpoint(trainer), self.latest_link)
+        self._gathered = embeddings
 
     @staticmethod
     def _gather(
@@ -196,8 +124,19 @@ class BundleExporter(BasePredictionWriter):
             return
         self._last_best = best
         if trainer.is_global_zero:
-            embeddings = pl_module.embed_catalog().float().cpu().numpy()
-            self._export(trainer, pl_module, embeddings, best, latest_link=None)
+            datamodule = trainer.datamodule
+            export_bundle(
+                pl_module,
+                datamodule.catalog,
+                best,
+                index=self.index,
+                settings=self.settings,
+                run_config=self.run_config or {},
+                metrics={k: float(v) for k, v in trainer.callback_metrics.items()},
+                counts=datamodule.report.counts(),
+                recall_dataset=held_out_dataset(datamodule),
+                move_latest=False,  # refreshes do not move outputs/latest
+            )
 
 
 class EmbeddingProjector(Callback):

@@ -7,7 +7,7 @@ import inspect
 import logging
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Union
 
 from hydra.utils import get_object
@@ -18,6 +18,17 @@ log = logging.getLogger(__name__)
 
 class ConfigError(ValueError):
     """A config key or value is wrong; the message names the key and says how to fix it."""
+
+
+def check_k_values(values: Iterable[Any], key: str = "k_values") -> list[int]:
+    """The ranking cutoffs ``values`` sorted and de-duplicated; raises naming ``key`` unless each is an int >= 1.
+
+    The one check of every ``k_values`` setting (model, metrics, evaluate).
+    """
+    items = list(values) if values is not None else []
+    if not items or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in items):
+        raise ConfigError(f"{key} must be a non-empty list of integers >= 1, e.g. [10, 50, 100]; got {items}")
+    return sorted(set(items))
 
 
 def _matches(value: Any, annotation: Any) -> bool:

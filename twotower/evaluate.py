@@ -20,11 +20,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from twotower.assembly import build_text_encoder, metric_value
 from twotower.baselines import Interactions, TextOnlyRecommender
 from twotower.config import ConfigError, validate_config
 from twotower.data.catalog import Catalog
 from twotower.data.datamodule import TwoTowerDataModule
-from twotower.entry import build_text_encoder, metric_value
 from twotower.evaluation import ModelRecommender, evaluate_rankings, format_table, history_length_slices
 from twotower.model.buyer_tower import load_buyer_tower
 from twotower.retrieval.bundle import Bundle, BundleError, load_bundle

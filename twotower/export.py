@@ -10,10 +10,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from twotower.callbacks import BundleExporter
+from twotower.assembly import RUNTIME_ARGS, build_text_encoder
+from twotower.callbacks import BundleExporter, held_out_dataset
 from twotower.config import ConfigError, validate_config
-from twotower.entry import RUNTIME_ARGS, build_text_encoder
 from twotower.model.module import load_module
+from twotower.retrieval.export import export_bundle, model_config_from_hparams
 
 log = logging.getLogger(__name__)
 
@@ -26,20 +27,32 @@ def export(cfg: DictConfig) -> Path:
         raise ConfigError(
             f"ckpt_path={ckpt_path} does not exist; pass a checkpoint, e.g. outputs/latest/model.ckpt"
         )
-    hparams = torch.load(ckpt_path, map_location="cpu", weights_only=False)["hyper_parameters"]
-    encoder_config = hparams.get("text_encoder_config")
-    if not encoder_config:
-        raise ConfigError(f"{ckpt_path} records no text encoder config; it was not written by twotower.train")
-    module = load_module(ckpt_path, text_encoder=build_text_encoder(encoder_config))
+    hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True)["hyper_parameters"]
+    try:
+        model_config = model_config_from_hparams(hparams)
+    except ValueError as error:
+        raise ConfigError(f"{ckpt_path}: {error}") from error
+    module = load_module(ckpt_path, text_encoder=build_text_encoder(model_config["text_encoder"]))
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("predict")
-    exporter: BundleExporter = instantiate(cfg.exporter)
-    exporter.checkpoint_path = str(ckpt_path)
-    exporter.run_config = {**OmegaConf.to_container(cfg, resolve=True), "model": hparams}
-    trainer = instantiate(cfg.trainer, callbacks=[exporter], logger=False)
-    trainer.predict(module, datamodule=datamodule, return_predictions=False)
-    return exporter.written
+    index, settings = instantiate(cfg.index), instantiate(cfg.exporter)
+    gatherer = BundleExporter(index, settings)
+    trainer = instantiate(cfg.trainer, callbacks=[gatherer], logger=False)
+    embeddings = gatherer.predict_embeddings(trainer, module, datamodule)
+    # The manifest has the shape a training run writes: its model node is the checkpoint's model config.
+    run_config = {**OmegaConf.to_container(cfg, resolve=True), "model": model_config}
+    return export_bundle(
+        module,
+        datamodule.catalog,
+        ckpt_path,
+        index=index,
+        settings=settings,
+        run_config=run_config,
+        counts=datamodule.report.counts(),
+        embeddings=embeddings,
+        recall_dataset=held_out_dataset(datamodule),
+    )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")

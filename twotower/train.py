@@ -6,9 +6,12 @@ import logging
 
 import hydra
 import lightning as L
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from twotower.entry import build_run, metric_value, record_hparams
+from twotower.assembly import build_run, metric_value, record_hparams
+from twotower.callbacks import held_out_dataset
+from twotower.retrieval.export import export_bundle
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +32,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if run.exporter is None:
             log.warning("export=true but callbacks has no bundle_exporter; no bundle written")
         else:
-            run.exporter.checkpoint_path, run.exporter.metrics = ckpt, metrics
-            run.trainer.predict(
-                run.model, datamodule=run.datamodule, ckpt_path=ckpt, return_predictions=False
-            )
+            # predict loads the best checkpoint's weights into run.model and shards the catalog over ranks
+            embeddings = run.exporter.predict_embeddings(run.trainer, run.model, run.datamodule, ckpt)
+            if run.trainer.is_global_zero:
+                if not ckpt:
+                    raise RuntimeError(
+                        "no checkpoint to put in the bundle: enable ModelCheckpoint or pass ckpt_path"
+                    )
+                export_bundle(
+                    run.model,
+                    run.datamodule.catalog,
+                    ckpt,
+                    index=instantiate(cfg.index),
+                    settings=instantiate(cfg.exporter),
+                    run_config=run.config,
+                    metrics=metrics,
+                    counts=run.datamodule.report.counts(),
+                    embeddings=embeddings,
+                    recall_dataset=held_out_dataset(run.datamodule),
+                )
     record_hparams(run, cfg, metrics)
     return metrics
 

@@ -144,7 +144,7 @@ def test_bad_embeddings_are_clear_errors():
 
 
 def test_bad_kind_names_valid_kinds():
-    with pytest.raises(ValueError, match="valid kinds: flat, ivf, hnsw, sq8, ivfpq, torch_exact"):
+    with pytest.raises(ValueError, match="valid kinds: auto, flat, ivf, hnsw, sq8, ivfpq, torch_exact"):
         IndexBuilder("annoy")
 
 

@@ -45,6 +45,15 @@ class DataReport:
             f"examples {examples or 'n/a'}; cold items={self.cold_items}"
         )
 
+    def counts(self) -> dict[str, int]:
+        """What a bundle's manifest records: examples per split, buyers, events kept, cold items."""
+        return {
+            **{f"examples_{split}": int(n) for split, n in self.examples.items()},
+            "buyers": int(self.buyers),
+            "events": int(self.events_kept),
+            "cold_items": int(self.cold_items),
+        }
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["rows_read"], out["dropped"], out["flagged"] = (

@@ -87,6 +87,11 @@ class TwoTowerModule(L.LightningModule):
 
     # -- catalog features ----------------------------------------------------------------------
     @property
+    def catalog_size(self) -> int:
+        """Products of the attached catalog (0 before ``attach_catalog``)."""
+        return self._catalog_size
+
+    @property
     def encoder(self) -> Any:
         return self.text_encoder if self.fine_tune_text else self._frozen_text_encoder
 
@@ -287,13 +292,6 @@ class TwoTowerModule(L.LightningModule):
     def predict_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor]:
         """Item vectors [n, D] for a batch of catalog indices [n] (used by the export callback)."""
         return {"items": batch, "vectors": self.embed_items(batch).float()}
-
-    # -- checkpoint -------------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["twotower"] = {
-            "text_encoder_id": getattr(self.encoder, "id", None),
-            "embedding_dim": self.item_tower.output_dim,
-        }
 
 
 def load_module(ckpt_path: str | Path, text_encoder: Any = None, map_location: str = "cpu") -> TwoTowerModule:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from twotower.data.catalog import Catalog
+from twotower.data.schema import EventSchema
 from twotower.retrieval.index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,14 @@ def _jsonable(value: Any) -> Any:
 
 @dataclass
 class Bundle:
+    """A loaded bundle. Read the manifest through the accessors below, not by key chains.
+
+    Example:
+        >>> bundle = load_bundle("outputs/latest")  # doctest: +SKIP
+        >>> bundle.index.search(bundle.embeddings[:1], 10)  # doctest: +SKIP
+        >>> bundle.event_schema.weights, bundle.data_config.get("max_history")  # doctest: +SKIP
+    """
+
     path: Path
     manifest: dict
     embeddings: np.ndarray  # float32 [n, D]
@@ -91,6 +100,50 @@ class Bundle:
     @property
     def version(self) -> str:
         return str(self.manifest.get("model_version", self.path.name))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run config the bundle was written with (``{}`` when the manifest records none)."""
+        config = self.manifest.get("config", {})
+        return config if isinstance(config, dict) else {}
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """The data config (``_target_``, paths, event weights and aliases, max_history ...); ``{}`` if none."""
+        data = self.config.get("data")
+        return dict(data) if isinstance(data, dict) else {}
+
+    @property
+    def model_config(self) -> dict[str, Any]:
+        """The model config (``_target_``, towers, ``text_encoder`` node ...); ``{}`` if none."""
+        model = self.config.get("model")
+        return dict(model) if isinstance(model, dict) else {}
+
+    @property
+    def text_encoder_config(self) -> dict[str, Any] | None:
+        """The text encoder's config node (with ``_target_``), or None when the manifest records none.
+
+        Bundles written by ``python -m twotower.export`` before one manifest shape recorded the checkpoint's
+        hyperparameters as the model config, where the node is called ``text_encoder_config``.
+        """
+        model = self.model_config
+        for key in ("text_encoder", "text_encoder_config"):
+            node = model.get(key)
+            if isinstance(node, dict) and "_target_" in node:
+                return dict(node)
+        return None
+
+    @property
+    def event_schema(self) -> EventSchema:
+        """The event names and weights the model was trained with (the defaults where none are recorded)."""
+        data = self.data_config
+        return EventSchema(
+            weights=dict(data.get("event_weights") or {}), aliases=dict(data.get("event_aliases") or {})
+        )
+
+    @property
+    def text_encoder_id(self) -> str | None:
+        return self.manifest.get("text_encoder_id")
 
 
 def write_bundle(

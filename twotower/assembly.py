@@ -1,13 +1,15 @@
-"""What the Hydra entry points share: validate the config, then build data, model, trainer and callbacks."""
+"""Assembly of a run from its config, shared by the Hydra entry points (train, export, evaluate): validate the
+config, then build the text encoder, data, model, trainer and callbacks; metric and hparams helpers."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -21,7 +23,6 @@ log = logging.getLogger(__name__)
 RUNTIME_ARGS = {
     "model": {"text_dim", "brand_vocab", "category_vocab", "text_encoder", "text_encoder_config"},
     "trainer": {"callbacks", "logger"},
-    "exporter": {"index"},
 }
 
 
@@ -56,13 +57,21 @@ def build_model(model_cfg: DictConfig, datamodule: TwoTowerDataModule) -> L.Ligh
     return model
 
 
-def instantiate_group(group: DictConfig | None) -> list[Any]:
-    """Build every `_target_` node of a group such as callbacks or logger (null entries are switched off)."""
-    return [
-        instantiate(node)
-        for node in (group or {}).values()
-        if isinstance(node, DictConfig) and "_target_" in node
-    ]
+def instantiate_group(group: DictConfig | None, **runtime: Any) -> list[Any]:
+    """Build every `_target_` node of a group such as callbacks or logger (null entries are switched off).
+
+    ``runtime`` gives extra arguments to the nodes whose target accepts them (e.g. ``run_config``).
+    """
+    built = []
+    for node in (group or {}).values():
+        if not (isinstance(node, DictConfig) and "_target_" in node):
+            continue
+        params = inspect.signature(get_object(node._target_)).parameters
+        extra = {k: v for k, v in runtime.items() if k in params}
+        # Passed to the partial, not to instantiate: Hydra would merge them into the node and build any
+        # `_target_` inside them (a run config holds several).
+        built.append(instantiate(node, _partial_=True)(**extra) if extra else instantiate(node))
+    return built
 
 
 def build_run(cfg: DictConfig) -> Run:
@@ -71,13 +80,11 @@ def build_run(cfg: DictConfig) -> Run:
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build_model(cfg.model, datamodule)
-    callbacks = instantiate_group(cfg.get("callbacks"))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    callbacks = instantiate_group(cfg.get("callbacks"), run_config=config)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    config = OmegaConf.to_container(cfg, resolve=True)
     exporter = next((c for c in callbacks if isinstance(c, BundleExporter)), None)
-    if exporter is not None:
-        exporter.run_config = config
     return Run(datamodule, model, trainer, exporter, config)
 
 

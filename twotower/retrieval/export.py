@@ -1,0 +1,178 @@
+"""Bundle export as one plain function: item vectors + index + checkpoint + config -> a bundle directory.
+
+``python -m twotower.train``, ``python -m twotower.export`` and the ``BundleExporter`` callback (its
+``refresh_on_best``) all call :func:`export_bundle`; nothing is passed by setting attributes on objects.
+Every bundle's manifest has one config shape, checked here (:func:`check_manifest_config`): ``config.data``
+(the data config, with its ``_target_``) and ``config.model`` with its ``text_encoder`` node, which
+``twotower.evaluate`` and ``twotower.serve`` read back through ``Bundle``'s accessors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from twotower.data.catalog import Catalog
+from twotower.retrieval.bundle import point_latest, write_bundle
+from twotower.retrieval.index import IndexBuilder
+
+if TYPE_CHECKING:
+    from twotower.model.module import TwoTowerModule
+
+log = logging.getLogger(__name__)
+
+MODEL_TARGET = "twotower.model.module.TwoTowerModule"
+# Module arguments computed from the data and the encoder at build time, not model settings: left out of
+# the manifest's model config (the vocabularies alone can be megabytes; the checkpoint keeps them).
+_RUNTIME_HPARAMS = ("text_dim", "brand_vocab", "category_vocab", "text_encoder", "text_encoder_config")
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """Where bundles go (``conf/exporter/default.yaml``, shared by train, export and the callback).
+
+    Args:
+        bundle_dir: the bundle directory to write (replaced atomically).
+        latest_link: a symlink switched to each newly exported bundle (``None``: no link).
+        recall_queries: held-out buyers whose vectors measure the index's recall@10 against exact search.
+    """
+
+    bundle_dir: str
+    latest_link: str | None = None
+    recall_queries: int = 2000
+
+    def __post_init__(self) -> None:
+        if isinstance(self.recall_queries, bool) or self.recall_queries < 0:
+            raise ValueError(f"exporter.recall_queries must be an integer >= 0, got {self.recall_queries!r}")
+
+
+def model_config_from_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The model config node a checkpoint's hyperparameters describe, ``text_encoder`` node included.
+
+    Used where only a checkpoint is at hand (``python -m twotower.export``), so that its manifest has the
+    shape of a training run's: ``{_target_, text_encoder: {_target_, ...}, item_tower, buyer_tower, ...}``.
+    """
+    encoder = hparams.get("text_encoder_config")
+    if not isinstance(encoder, Mapping) or "_target_" not in encoder:
+        raise ValueError(
+            "the checkpoint records no text_encoder_config with a _target_: it was not written by "
+            "`python -m twotower.train`, so the text encoder to embed new products with is unknown"
+        )
+    config = {k: v for k, v in hparams.items() if k not in _RUNTIME_HPARAMS}
+    return {"_target_": MODEL_TARGET, **config, "text_encoder": dict(encoder)}
+
+
+def check_manifest_config(config: Mapping[str, Any]) -> None:
+    """Raise unless ``config`` has the manifest shape: ``data`` and ``model.text_encoder`` with ``_target_``."""
+    data, model = config.get("data"), config.get("model")
+    encoder = model.get("text_encoder") if isinstance(model, Mapping) else None
+    problems = []
+    if not isinstance(data, Mapping) or "_target_" not in data:
+        problems.append("config.data (with a _target_)")
+    if not isinstance(encoder, Mapping) or "_target_" not in encoder:
+        problems.append("config.model.text_encoder (with a _target_)")
+    if problems:
+        raise ValueError(
+            f"the bundle's run config lacks {' and '.join(problems)}, which evaluate and serve read back; "
+            "pass the resolved run config (for a checkpoint alone, model_config_from_hparams builds `model`)"
+        )
+
+
+def _collate(batch: Any) -> dict[str, torch.Tensor]:
+    return batch if isinstance(batch, Mapping) else default_collate(batch)
+
+
+def held_out_buyer_vectors(
+    module: TwoTowerModule, dataset: Dataset, item_vectors: torch.Tensor, limit: int
+) -> np.ndarray:
+    """Buyer vectors ``[n, D]`` of up to ``limit`` examples of ``dataset``, evenly spread (recall queries)."""
+    if limit < 1 or len(dataset) == 0:
+        return np.zeros((0, item_vectors.shape[1]), np.float32)
+    picks = np.linspace(0, len(dataset) - 1, num=min(limit, len(dataset))).astype(np.int64).tolist()
+    # One batch through a DataLoader, which uses the dataset's own batching where it has one
+    # (HistoryDataset gathers a whole batch at once) and torch's default collation otherwise.
+    loader = DataLoader(dataset, batch_size=len(picks), sampler=picks, collate_fn=_collate)
+    batch = next(iter(loader))
+    device = item_vectors.device
+    with torch.no_grad():
+        buyers = module.embed_buyers(
+            batch["history_items"].to(device),
+            batch["history_weights"].to(device),
+            batch["history_mask"].to(device),
+            item_vectors,
+        )
+    return buyers.float().cpu().numpy()
+
+
+def export_bundle(
+    module: TwoTowerModule,
+    catalog: Catalog,
+    checkpoint_path: str | Path,
+    *,
+    index: IndexBuilder,
+    settings: ExportSettings,
+    run_config: Mapping[str, Any],
+    metrics: Mapping[str, float] | None = None,
+    counts: Mapping[str, int] | None = None,
+    embeddings: np.ndarray | None = None,
+    recall_dataset: Dataset | None = None,
+    move_latest: bool = True,
+) -> Path:
+    """Embed ``catalog`` with ``module`` (or take its ``embeddings [N, D]``), index it, write the bundle.
+
+    Args:
+        module: the trained module, with ``catalog`` attached (``module.catalog_size == len(catalog)``).
+        catalog: the products of the bundle, row i = embedding row i.
+        checkpoint_path: the checkpoint copied into the bundle (the one ``module`` was loaded from).
+        index: the index to build over the item vectors (``index=auto`` picks flat or hnsw by size).
+        settings: bundle directory, latest link, number of recall queries.
+        run_config: the resolved run config for the manifest; checked by :func:`check_manifest_config`.
+        metrics: final metrics recorded in the manifest (``train/`` keys are left out).
+        counts: data counts recorded in the manifest (``DataReport.counts()``).
+        embeddings: item vectors already computed (e.g. sharded across ranks by the callback); by default
+            ``module.embed_catalog()``.
+        recall_dataset: held-out examples whose buyer vectors measure the index's recall@10 vs exact.
+        move_latest: switch ``settings.latest_link`` to the new bundle.
+
+    Returns the bundle directory.
+
+    Example:
+        >>> export_bundle(module, datamodule.catalog, "best.ckpt", index=IndexBuilder("auto"),
+        ...               settings=ExportSettings("outputs/b1"), run_config=config)  # doctest: +SKIP
+    """
+    check_manifest_config(run_config)
+    if module.catalog_size != len(catalog):
+        raise ValueError(
+            f"the module has {module.catalog_size} products attached but the catalog has {len(catalog)}: "
+            "attach the catalog being exported (module.attach_catalog(catalog))"
+        )
+    if embeddings is None:
+        embeddings = module.embed_catalog().float().cpu().numpy()
+    built = index.build(embeddings)
+    if recall_dataset is not None and settings.recall_queries > 0:
+        vectors = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(module.device)
+        queries = held_out_buyer_vectors(module, recall_dataset, vectors, settings.recall_queries)
+        if len(queries):
+            built.measure_recall(queries, k=10)
+    path = write_bundle(
+        settings.bundle_dir,
+        embeddings=embeddings,
+        catalog=catalog,
+        index=built,
+        checkpoint_path=checkpoint_path,
+        config=dict(run_config),
+        metrics={k: float(v) for k, v in (metrics or {}).items() if not k.startswith("train/")},
+        counts=dict(counts or {}),
+        text_encoder_id=getattr(module.encoder, "id", None),
+    )
+    if move_latest and settings.latest_link:
+        point_latest(settings.latest_link, path)
+        log.info("%s -> %s", settings.latest_link, path)
+    return path
