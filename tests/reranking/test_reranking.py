@@ -64,6 +64,20 @@ def test_brand_and_category_caps_together(context: RerankContext) -> None:
     assert out.tolist() == [0, 4, 6]
 
 
+def test_backfill_fills_what_the_caps_left_short_with_the_best_capped_out_items(
+    context: RerankContext,
+) -> None:
+    rows, scores = ranked()
+    rules = BusinessRules(max_per={"brand": 1, "category": 1}, backfill=True)
+    out, out_scores = rules.rerank(rows, scores, 5, context)
+    assert out.tolist() == [0, 4, 6, 1, 2]  # the capped list [0, 4, 6], then 1 and 2 in score order
+    assert out_scores.tolist() == pytest.approx([1.0, 0.6, 0.4, 0.9, 0.8])
+    out, _ = BusinessRules(max_per={"brand": 1}, backfill=True, filters={"in_stock": True}).rerank(
+        rows, scores, 8, context
+    )
+    assert 2 not in out.tolist() and len(out) == 7  # filters stay hard: row 2 is out of stock
+
+
 def test_filters_range_bool_and_not_in(context: RerankContext) -> None:
     rows, scores = ranked()
     rules = BusinessRules(

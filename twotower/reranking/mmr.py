@@ -53,9 +53,13 @@ class MaximalMarginalRelevance(Reranker):
         vectors = context.item_vectors
         if vectors is None:
             raise ValueError("the mmr reranker needs the item vectors: build RerankContext with item_vectors")
-        norms = np.linalg.norm(vectors, axis=1).astype(np.float32)
-        norms[norms == 0] = 1.0  # a zero vector is similar to nothing (cosine 0), not NaN
-        return norms
+
+        def build() -> np.ndarray:
+            norms = np.linalg.norm(vectors, axis=1).astype(np.float32)
+            norms[norms == 0] = 1.0  # a zero vector is similar to nothing (cosine 0), not NaN
+            return norms
+
+        return context.memo("reranking.norms", build)  # shared by every MMR instance on this bundle
 
     def _rerank(
         self, rows: np.ndarray, scores: np.ndarray, k: int, context: RerankContext, state: np.ndarray
@@ -80,5 +84,6 @@ class MaximalMarginalRelevance(Reranker):
             choice = int(np.argmax(np.where(available, objective, -np.inf)))  # first max: ties by input order
             picked[step] = choice
             available[choice] = False
-            np.maximum(max_similarity, unit @ unit[choice], out=max_similarity)  # O(C * D)
+            if step + 1 < len(picked):  # the last pick needs no similarity update
+                np.maximum(max_similarity, unit @ unit[choice], out=max_similarity)  # O(C * D)
         return rows[picked], scores[picked]

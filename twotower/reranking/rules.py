@@ -9,12 +9,16 @@ Options (YAML keys = constructor arguments; conf/reranker/business_rules.yaml):
   value, e.g. ``{brand: {Samsung: 0.1}, in_stock: {true: 0.05}}`` (amounts may be negative: demotions).
 - ``max_per``: ``{column: N}``: at most N items sharing a value of that column in one list, e.g.
   ``{brand: 2, category: 4}``. Items with an empty value are not grouped (never capped).
+- ``backfill``: when the caps leave fewer than k items, fill the list with the best capped-out items
+  (after the capped list, in score order): caps become a preference instead of a hard rule. Filters stay
+  hard either way.
 
 Text columns match on `normalize_key` (Arabic-aware, case-folded), as the service's brand/category filters
 do, so ``Samsung`` matches ``samsung ``. A missing value (NaN, None) passes no condition except ``ne`` and
 ``not_in``. Order of operations: filter, boost, sort by the boosted score (stable), cap greedily, keep k;
-the scores returned are the boosted ones, so they decrease down the list. Caps and filters are hard rules:
-a list may come back shorter than k (the service fetches ``candidates`` items to leave room).
+the scores returned are the boosted ones, so they decrease down the list (except across a backfill).
+Filters, and caps without backfill, are hard rules: a list may come back shorter than k (the service
+fetches ``candidates`` items to leave room).
 
 Example:
     >>> rules = BusinessRules(candidates=100, max_per={"brand": 2}, filters={"price": {"max": 50}})
@@ -89,10 +93,12 @@ class BusinessRules(Reranker):
         max_per: Mapping[str, int] | None = None,
         filters: Mapping[str, Any] | None = None,
         boosts: Mapping[str, Mapping[Any, float]] | None = None,
+        backfill: bool = False,
     ) -> None:
         if int(candidates) < 1:
             raise ValueError(f"reranker.candidates must be >= 1; got {candidates}")
         self.candidates = int(candidates)
+        self.backfill = bool(backfill)
         self.max_per: dict[str, int] = {}
         for column, cap in (plain(max_per) or {}).items():
             if cap is None:
@@ -116,7 +122,7 @@ class BusinessRules(Reranker):
     def __repr__(self) -> str:
         return (
             f"BusinessRules(candidates={self.candidates}, max_per={self.max_per}, filters={self.filters}, "
-            f"boosts={self.boosts})"
+            f"boosts={self.boosts}, backfill={self.backfill})"
         )
 
     # -- per-catalog precomputation ------------------------------------------------------------------
@@ -205,5 +211,8 @@ class BusinessRules(Reranker):
             picked.append(i)
             if len(picked) == k:
                 break
+        if self.backfill and len(picked) < k:
+            chosen = set(picked)
+            picked += [i for i in range(len(rows)) if i not in chosen][: k - len(picked)]
         index = np.asarray(picked, dtype=np.int64)
         return rows[index], scores[index]
