@@ -69,21 +69,23 @@ class MaximalMarginalRelevance(Reranker):
             order = np.argsort(-scores, kind="stable")[:k]  # pure relevance: skip the vector work
             return rows[order], scores[order]
         assert context.item_vectors is not None  # checked in _prepare
-        unit = context.item_vectors[rows] / state[rows, None]  # [C, D]
+        vectors = context.item_vectors[rows]  # [C, D]; cosine = dot * inverse norms (no normalized copy)
+        inverse_norm = 1.0 / state[rows]  # [C]
         relevance = scores.astype(np.float64)
         if self.normalize_scores:
             low, high = relevance.min(), relevance.max()
             relevance = (relevance - low) / (high - low) if high > low else np.zeros_like(relevance)
         gain = self.relevance_weight * relevance  # [C]
         penalty = 1.0 - self.relevance_weight
-        max_similarity = np.full(count, -np.inf)  # [C] to anything picked so far
-        available = np.ones(count, dtype=bool)
+        max_similarity = np.full(count, -np.inf)  # [C] to anything picked so far; +inf marks picked items
         picked = np.empty(min(k, count), dtype=np.int64)
         for step in range(len(picked)):
-            objective = gain if step == 0 else gain - penalty * max_similarity
-            choice = int(np.argmax(np.where(available, objective, -np.inf)))  # first max: ties by input order
+            objective = gain if step == 0 else gain - penalty * max_similarity  # picked: -inf (penalty > 0)
+            choice = int(np.argmax(objective))  # the first maximum: ties go to the better-retrieved candidate
             picked[step] = choice
-            available[choice] = False
             if step + 1 < len(picked):  # the last pick needs no similarity update
-                np.maximum(max_similarity, unit @ unit[choice], out=max_similarity)  # O(C * D)
+                cosine = vectors @ vectors[choice]  # O(C * D)
+                cosine *= inverse_norm * inverse_norm[choice]
+                np.maximum(max_similarity, cosine, out=max_similarity)
+                max_similarity[choice] = np.inf
         return rows[picked], scores[picked]
