@@ -21,6 +21,7 @@ from twotower.reranking import (
     build_reranker,
     rerank_batch,
 )
+from twotower.reranking.offline import RerankedRecommender
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "reranker"
 
@@ -228,3 +229,51 @@ def test_each_config_node_instantiates_and_its_keys_are_the_constructor_argument
     assert build_reranker("mmr", relevance_weight=0.2).relevance_weight == 0.2
     with pytest.raises(ValueError, match="unknown reranker 'nope'; registered: business_rules, mmr, none"):
         build_reranker("nope")
+
+
+class _FakeModel:
+    """Ranks by inner product with a fixed buyer vector per query, like ModelRecommender."""
+
+    name = "model"
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors
+        self.fitted = False
+
+    def fit(self, interactions: object = None) -> _FakeModel:
+        self.fitted = True
+        return self
+
+    def buyer_vectors(self, batch: dict) -> np.ndarray:
+        return batch["buyers"]
+
+    def recommend(self, batch: dict, k: int) -> np.ndarray:
+        return np.argsort(-(batch["buyers"] @ self.vectors.T), axis=1, kind="stable")[:, :k]
+
+
+def test_reranked_recommender_scores_candidates_like_retrieval_and_applies_the_stage() -> None:
+    vectors = np.array([[1.0, 0.0], [0.9, 0.1], [0.8, 0.0], [0.0, 1.0]], dtype=np.float32)
+    context = RerankContext({"brand": np.array(["a", "a", "b", "c"], dtype=object)}, vectors)
+    batch = {"buyers": np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)}
+    model = _FakeModel(vectors)
+    reranked = RerankedRecommender(model, BusinessRules(candidates=4, max_per={"brand": 1}), context)
+    assert reranked.fit().method.fitted and reranked.name == "model+business_rules"
+    rows = model.recommend(batch, 4)
+    np.testing.assert_allclose(reranked.candidate_scores(batch, rows)[0], [1.0, 0.9, 0.8, 0.0])
+    # query 0 ranks 0, 1, 2, 3: brand a once -> 0, 2, 3; query 1 ranks 3, 1, 0, 2 -> 3, 1, 2
+    assert reranked.recommend(batch, 3).tolist() == [[0, 2, 3], [3, 1, 2]]
+
+
+def test_reranked_recommender_uses_rank_scores_for_methods_without_buyer_vectors() -> None:
+    class Popular:
+        def fit(self, interactions: object = None) -> Popular:
+            return self
+
+        def recommend(self, batch: dict, k: int) -> np.ndarray:
+            return np.tile(np.arange(k), (2, 1))
+
+    context = RerankContext({"brand": np.array(["a", "a", "b", "c"], dtype=object)})
+    reranked = RerankedRecommender(Popular(), BusinessRules(candidates=4, max_per={"brand": 1}), context)
+    rows = np.array([[0, 1, -1]])
+    assert reranked.candidate_scores({}, rows).tolist() == [[1.0, pytest.approx(2 / 3), -np.inf]]
+    assert reranked.recommend({}, 2).tolist() == [[0, 2], [0, 2]]
