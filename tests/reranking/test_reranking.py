@@ -109,6 +109,24 @@ def test_boosts_reorder_and_return_boosted_scores(context: RerankContext) -> Non
     assert out_scores.tolist() == pytest.approx([1.0, 0.95, 0.9, 0.7])
 
 
+def test_nullable_columns_from_parquet_keep_their_type_and_missing_values_match_nothing() -> None:
+    frame = pd.DataFrame(
+        {
+            "price": pd.array([5, None, 40, 12], dtype="Int64"),
+            "in_stock": pd.array([True, True, None, False], dtype="boolean"),
+            "brand": ["a", None, "b", "a"],
+        }
+    )
+    context = RerankContext(frame)
+    rows, scores = np.arange(4), np.array([1.0, 0.9, 0.8, 0.7], dtype=np.float32)
+    out, _ = BusinessRules(filters={"price": {"max": 20}}).rerank(rows, scores, 4, context)
+    assert out.tolist() == [0, 3]  # row 1 has no price
+    out, _ = BusinessRules(filters={"in_stock": True}).rerank(rows, scores, 4, context)
+    assert out.tolist() == [0, 1]
+    out, _ = BusinessRules(max_per={"brand": 1}).rerank(rows, scores, 4, context)
+    assert out.tolist() == [0, 1, 2]  # the missing brand is not a group
+
+
 def test_unknown_column_names_it_and_lists_the_available_ones(context: RerankContext) -> None:
     rules = BusinessRules(filters={"colour": "red"})
     with pytest.raises(ValueError, match=r"'colour'.*available columns: brand, category, in_stock, price"):

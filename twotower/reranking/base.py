@@ -111,6 +111,8 @@ class RerankContext:
 
     def memo(self, key: Hashable, build: Callable[[], Any]) -> Any:
         """`build()` once per key per context (thread-safe: workers and reload may race on first use)."""
+        if key in self._memo:  # the per-request path: a dict read, no lock
+            return self._memo[key]
         with self._lock:
             if key not in self._memo:
                 self._memo[key] = build()

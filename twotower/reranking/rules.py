@@ -134,7 +134,14 @@ class BusinessRules(Reranker):
         def build() -> np.ndarray:
             if values.dtype.kind in "biuf":
                 return values.astype(np.float64)
-            return np.array([normalize_key(v) for v in values], dtype=object)
+            missing = pd.isna(values)  # None, NaN, pd.NA (nullable Int64/boolean columns read from parquet)
+            present = values[~missing]
+            if len(present) and all(_is_number(v) for v in present):  # numbers with gaps: still numeric
+                numeric = np.full(len(values), np.nan)
+                numeric[~missing] = present.astype(np.float64)
+                return numeric
+            keys = ["" if gap else normalize_key(v) for v, gap in zip(values, missing, strict=True)]
+            return np.array(keys, dtype=object)
 
         return context.memo(("reranking.keys", column), build)
 
