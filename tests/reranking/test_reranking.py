@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from twotower.reranking import (
     RERANKERS,
     BusinessRules,
+    Chain,
     MaximalMarginalRelevance,
     Passthrough,
     RerankContext,
@@ -198,6 +199,28 @@ def test_mmr_needs_item_vectors() -> None:
         MaximalMarginalRelevance(relevance_weight=1.5)
 
 
+def test_chain_filters_then_diversifies_and_checks_every_stage_at_prepare(context: RerankContext) -> None:
+    rows, scores = ranked()
+    chain = Chain([BusinessRules(filters={"in_stock": True}), MaximalMarginalRelevance(relevance_weight=1.0)])
+    out, _ = chain.rerank(rows, scores, 3, context)
+    assert out.tolist() == [0, 1, 3]  # row 2 filtered out by the first stage, the last keeps k
+    # the last stage sees only what the first left (adidas: rows 3, 4)
+    chain = Chain(
+        [BusinessRules(filters={"brand": "adidas"}), MaximalMarginalRelevance(relevance_weight=0.0)]
+    )
+    assert chain.rerank(rows, scores, 5, context)[0].tolist() == [3, 4]
+    assert (
+        Chain([BusinessRules(filters={"brand": "none"}), Passthrough()])
+        .rerank(rows, scores, 3, context)[0]
+        .tolist()
+        == []
+    )
+    with pytest.raises(ValueError, match="'colour'"):
+        Chain([MaximalMarginalRelevance(), BusinessRules(max_per={"colour": 1})]).prepare(context)
+    with pytest.raises(ValueError, match="non-empty list of rerankers"):
+        Chain([])
+
+
 def test_rerank_batch_pads_short_lists(context: RerankContext) -> None:
     rows = np.array([[0, 1, 2, 3], [4, 5, 6, 7]])
     scores = np.array([[1.0, 0.9, 0.8, 0.7], [1.0, 0.9, 0.8, 0.7]], dtype=np.float32)
@@ -234,7 +257,7 @@ def test_each_config_node_instantiates_and_its_keys_are_the_constructor_argument
     context: RerankContext,
 ) -> None:
     names = sorted(path.stem for path in CONF.glob("*.yaml"))
-    assert names == ["business_rules", "mmr", "none"] and set(names) <= set(RERANKERS)
+    assert names == ["business_rules", "chain", "mmr", "none"] and set(names) <= set(RERANKERS)
     for name in names:
         raw = yaml.safe_load((CONF / f"{name}.yaml").read_text())
         reranker = instantiate(OmegaConf.create(raw))
@@ -245,7 +268,9 @@ def test_each_config_node_instantiates_and_its_keys_are_the_constructor_argument
         out, _ = reranker.rerank(*ranked(), 3, context)
         assert len(out) == 3
     assert build_reranker("mmr", relevance_weight=0.2).relevance_weight == 0.2
-    with pytest.raises(ValueError, match="unknown reranker 'nope'; registered: business_rules, mmr, none"):
+    with pytest.raises(
+        ValueError, match="unknown reranker 'nope'; registered: business_rules, chain, mmr, none"
+    ):
         build_reranker("nope")
 
 
