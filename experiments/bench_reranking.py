@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from twotower.evaluation import intra_list_diversity
-from twotower.reranking import BusinessRules, MaximalMarginalRelevance, Passthrough, RerankContext
+from twotower.reranking import BusinessRules, Chain, MaximalMarginalRelevance, Passthrough, RerankContext
 from twotower.serving.buyer_cache import BuyerVectorCache
 from twotower.serving.variants import VariantsConfig
 
@@ -104,6 +104,13 @@ def main() -> None:
         "mmr lambda=0.9": MaximalMarginalRelevance(candidates=c, relevance_weight=0.9),
         "mmr lambda=0.7": MaximalMarginalRelevance(candidates=c, relevance_weight=0.7),
         "mmr lambda=0.5": MaximalMarginalRelevance(candidates=c, relevance_weight=0.5),
+        "chain: filters, then mmr 0.7": Chain(
+            [
+                BusinessRules(candidates=c, filters={"price": {"min": 1, "max": 200}, "in_stock": True}),
+                MaximalMarginalRelevance(candidates=c, relevance_weight=0.7),
+            ],
+            candidates=c,
+        ),
     }
     print(
         f"{'reranker':28s} {'prepare ms':>10s} {'p50 us':>8s} {'p99 us':>8s} {'mean us':>8s} "
