@@ -19,7 +19,7 @@ import sys
 
 TARGET = "twotower.reranking"
 CHAIN = (
-    f"[{{_target_: {TARGET}.BusinessRules, max_per: {{brand: 3}}, backfill: true}}, "
+    f"[{{_target_: {TARGET}.BusinessRules, max_per: {{brand: 3}}}}, "
     f"{{_target_: {TARGET}.MaximalMarginalRelevance, relevance_weight: 0.7}}]"
 )
 PRESETS: dict[str, list[str]] = {
@@ -29,7 +29,7 @@ PRESETS: dict[str, list[str]] = {
     "brand2": [f"_target_={TARGET}.BusinessRules", "max_per={brand: 2}", "backfill=true"],
     "brand1": [f"_target_={TARGET}.BusinessRules", "max_per={brand: 1}", "backfill=true"],
     "brand2_cat3": [f"_target_={TARGET}.BusinessRules", "max_per={brand: 2, category: 3}", "backfill=true"],
-    # conf/reranker/chain.yaml: max 3 per brand (backfill: capped items go last), then MMR lambda=0.7
+    # conf/reranker/chain.yaml: at most 3 per brand (hard), then MMR lambda=0.7
     "chain": [f"_target_={TARGET}.Chain", f"stages={CHAIN}"],
 }
 

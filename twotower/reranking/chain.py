@@ -1,7 +1,9 @@
 """Several rerankers in a row, e.g. business rules (filters, caps) and then MMR for diversity.
 
 Every stage but the last keeps all the items it is given (it filters, caps and reorders); the last one
-keeps k. Scores flow through: MMR after boosts sees the boosted scores as relevance.
+keeps k. A stage passes on the items it keeps and their scores (MMR after boosts sees the boosted scores
+as relevance), not its order alone: a later stage that ranks by score (MMR) undoes a reordering that did
+not change scores, so caps before MMR should be hard (``backfill: false``), not backfilled.
 
 Example:
     >>> chain = Chain([BusinessRules(filters={"in_stock": True}), MaximalMarginalRelevance()], candidates=100)
