@@ -17,7 +17,7 @@ Example (the intended call sites, once wired):
     >>> reranker.prepare(context)                                     # at load: bad columns fail here
     >>> fetch = reranker.fetch_size(k)                                # retrieve this many, not k
     >>> rows, scores = reranker.rerank(rows, scores, k, context)      # per request, rows best first
-    >>> # offline (twotower.evaluate): rerank_batch(reranker, top_rows, top_scores, k, context)
+    >>> # offline: RerankedRecommender(model, reranker, context) (offline.py), or rerank_batch(...)
 """
 
 from __future__ import annotations
