@@ -12,6 +12,7 @@ import torch
 
 from twotower.data.catalog import Catalog
 from twotower.model.buyer_tower import BuyerTower
+from twotower.model.checkpoint import write_checkpoint
 from twotower.retrieval.bundle import write_bundle
 from twotower.retrieval.index import IndexBuilder
 
@@ -55,17 +56,13 @@ def build_test_bundle(
     if aggregation == "attention":
         torch.manual_seed(seed)
         state = {f"buyer_tower.{k}": v for k, v in BuyerTower("attention", dim).state_dict().items()}
-    ckpt = directory.parent / f"{directory.name}.ckpt"
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
+    ckpt = write_checkpoint(
+        directory.parent / f"{directory.name}.ckpt",
+        state,
         {
-            "hyper_parameters": {
-                "item_tower": {"output_dim": dim},
-                "buyer_tower": {"aggregation_method": aggregation, "options": {}},
-            },
-            "state_dict": state,
+            "item_tower": {"output_dim": dim},
+            "buyer_tower": {"aggregation_method": aggregation, "options": {}},
         },
-        ckpt,
     )
     return write_bundle(
         directory,

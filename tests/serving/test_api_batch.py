@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from twotower.serving.api import Coordinator, EncodeBuyerAPI, RetrieveAPI
 from twotower.serving.recommender import RecommenderSettings
+from twotower.serving.reload import Coordinator
 from twotower.serving.schemas import EncodeBuyerRequest, RetrieveRequest
+from twotower.serving.workers import EncodeBuyerAPI, RetrieveAPI
 
 
 def request(pid: str, event: str = "view", k: int = 3) -> RetrieveRequest:

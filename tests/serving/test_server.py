@@ -15,6 +15,7 @@ from tests.serving.live import LiveServer
 
 pytestmark = pytest.mark.slow
 KEY = "test-key-123"
+ADMIN = "admin-key-456"
 
 
 def body(*pids: str, event: str = "purchase", **extra: object) -> dict:
@@ -43,8 +44,9 @@ def keyed_server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) ->
     server = LiveServer(
         tiny_bundle,
         tmp_path_factory.mktemp("keyed"),
-        {"LIT_SERVER_API_KEY": KEY},
+        {"LIT_SERVER_API_KEY": KEY, "TWOTOWER_ADMIN_API_KEY": ADMIN},
         "server.poll_interval=0.05",
+        f"server.bundle_root={tiny_bundle.parent}",
     )
     try:
         server.wait_ready(headers={"X-API-Key": KEY})
@@ -138,7 +140,7 @@ def test_health_info_metrics(open_server: LiveServer) -> None:
 
 def test_auth_off_means_admin_is_disabled(open_server: LiveServer) -> None:
     response = requests.post(f"{open_server.url}/admin/reload", timeout=10)
-    assert response.status_code == 403 and "LIT_SERVER_API_KEY" in response.json()["detail"]
+    assert response.status_code == 403 and "TWOTOWER_ADMIN_API_KEY" in response.json()["detail"]
 
 
 def test_auth_on(keyed_server: LiveServer) -> None:
@@ -146,11 +148,23 @@ def test_auth_on(keyed_server: LiveServer) -> None:
     assert requests.post(url, json=body("p1"), timeout=10).status_code == 401
     assert requests.post(url, json=body("p1"), headers={"X-API-Key": "wrong"}, timeout=10).status_code == 401
     assert requests.post(url, json=body("p1"), headers={"X-API-Key": KEY}, timeout=10).status_code == 200
-    assert requests.post(f"{keyed_server.url}/admin/reload", timeout=10).status_code == 401
+    admin = f"{keyed_server.url}/admin/reload"
+    assert requests.post(admin, timeout=10).status_code == 401
+    # the client key is not an admin key
+    assert requests.post(admin, headers={"X-API-Key": KEY}, timeout=10).status_code == 401
+    for path in ("/docs", "/openapi.json", "/info", "/metrics", "/litserve/info"):
+        assert requests.get(f"{keyed_server.url}{path}", timeout=10).status_code == 401, path
+        assert requests.get(f"{keyed_server.url}{path}", headers={"X-API-Key": KEY}, timeout=10).ok, path
+    client_view = requests.get(f"{keyed_server.url}/info", headers={"X-API-Key": KEY}, timeout=10).json()
+    assert "/" not in client_view["bundle"] and all("pid" not in w for w in client_view["workers"])
+    admin_view = requests.get(f"{keyed_server.url}/info", headers={"X-API-Key": ADMIN}, timeout=10).json()
+    assert admin_view["bundle"].startswith("/") and all("pid" in w for w in admin_view["workers"])
 
 
-def test_reload_under_load_then_bad_bundle(keyed_server: LiveServer, make_bundle, tmp_path: Path) -> None:
+def test_reload_under_load_then_bad_bundle(keyed_server: LiveServer, make_bundle, tiny_bundle: Path) -> None:
     headers = {"X-API-Key": KEY}
+    admin = {"X-API-Key": ADMIN}
+    tmp_path = tiny_bundle.parent  # the server's bundle_root
     url = f"{keyed_server.url}/retrieve"
     first = requests.post(url, json=body("p1"), headers=headers, timeout=10).json()["model_version"]
     second_path = make_bundle("second", seed=1)
@@ -171,7 +185,7 @@ def test_reload_under_load_then_bad_bundle(keyed_server: LiveServer, make_bundle
         reload = requests.post(
             f"{keyed_server.url}/admin/reload",
             json={"bundle": str(second_path)},
-            headers=headers,
+            headers=admin,
             timeout=300,
         )
     finally:
@@ -184,20 +198,22 @@ def test_reload_under_load_then_bad_bundle(keyed_server: LiveServer, make_bundle
     assert requests.post(url, json=body("p1"), headers=headers, timeout=10).json()["model_version"] == second
 
     broken = tmp_path / "broken"
+    shutil.rmtree(broken, ignore_errors=True)
     shutil.copytree(second_path, broken)
     (broken / "model.ckpt").write_bytes(b"not a checkpoint")
     bad = requests.post(
-        f"{keyed_server.url}/admin/reload", json={"bundle": str(broken)}, headers=headers, timeout=300
+        f"{keyed_server.url}/admin/reload", json={"bundle": "broken"}, headers=admin, timeout=300
     )
     assert bad.status_code == 422 and "checksum" in bad.json()["detail"] and second in bad.json()["detail"]
+    assert str(tmp_path) not in bad.json()["detail"]  # no absolute paths in answers
     assert requests.post(url, json=body("p1"), headers=headers, timeout=10).json()["model_version"] == second
     missing = requests.post(
         f"{keyed_server.url}/admin/reload",
         json={"bundle": str(tmp_path / "nope")},
-        headers=headers,
+        headers=admin,
         timeout=300,
     )
     assert missing.status_code == 422 and "does not exist" in missing.json()["detail"]
 
-    back = requests.post(f"{keyed_server.url}/admin/reload", headers=headers, timeout=300)  # default bundle
+    back = requests.post(f"{keyed_server.url}/admin/reload", headers=admin, timeout=300)  # default bundle
     assert back.status_code == 200 and back.json()["model_version"] == first
