@@ -7,26 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.serving.conftest import crafted_checkpoint
 from twotower.model.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from twotower.model.module import load_module
 from twotower.serving.recommender import Recommender, RecommenderSettings
 from twotower.serving.reload import Coordinator
 from twotower.serving.workers import RetrieveAPI
-
-
-class _Payload:
-    """Unpickling this calls open(marker, "w"): the marker file exists iff the pickle's code ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (open, (str(self.marker), "w"))
-
-
-def crafted_checkpoint(path: Path, marker: Path) -> Path:
-    torch.save({"state_dict": {}, "hyper_parameters": {"evil": _Payload(marker)}}, path)
-    return path
 
 
 @pytest.fixture()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.serving.conftest import make_broken_bundles
 from tests.serving.live import LiveServer
 
 pytestmark = pytest.mark.slow
@@ -31,6 +33,7 @@ def open_server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         None,
         "server.batch_timeout=0.05",
         "server.max_payload_bytes=8192",
+        "server.body_timeout=1",
     )
     try:
         server.wait_ready()
@@ -217,3 +220,55 @@ def test_reload_under_load_then_bad_bundle(keyed_server: LiveServer, make_bundle
 
     back = requests.post(f"{keyed_server.url}/admin/reload", headers=admin, timeout=300)  # default bundle
     assert back.status_code == 200 and back.json()["model_version"] == first
+
+
+def test_stalled_clients_do_not_delay_others(open_server: LiveServer) -> None:
+    # 20 clients send headers and part of a body, then stall; the others are answered meanwhile and the
+    # stalled ones get a 408 once server.body_timeout (1 s here) passes without a byte.
+    head = (
+        b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 1000\r\n\r\n{"recent_'
+    )
+    stalled = [socket.create_connection(("127.0.0.1", open_server.port)) for _ in range(20)]
+    try:
+        for sock in stalled:
+            sock.sendall(head)
+        for _ in range(5):
+            response = requests.post(f"{open_server.url}/retrieve", json=body("p1"), timeout=5)
+            assert response.status_code == 200
+        for sock in stalled:
+            sock.settimeout(30)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 408")
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_reload_refusals_reveal_nothing_and_never_wedge(
+    keyed_server: LiveServer, tiny_bundle: Path, make_bundle
+) -> None:
+    admin = {"X-API-Key": ADMIN}
+    url = f"{keyed_server.url}/admin/reload"
+    root = tiny_bundle.parent
+    # Outside the root: one answer whether the path exists, is a file or a directory.
+    for path in ("/etc", "/root", "/etc/passwd", "/no/such/dir", "../../../../etc", str(root.parent)):
+        response = requests.post(url, json={"bundle": path}, headers=admin, timeout=30)
+        assert response.status_code == 422, path
+        assert response.json()["detail"] == (
+            f"bundle {path!r} is not a directory inside the server's bundle root (server.bundle_root)"
+        )
+    nul = requests.post(url, json={"bundle": "tiny\u0000/../x"}, headers=admin, timeout=30)
+    assert nul.status_code == 422 and "control characters" in nul.json()["detail"]
+    marker = root / "pwned"
+    for name, (path, fragment) in make_broken_bundles(tiny_bundle, root, marker).items():
+        response = requests.post(url, json={"bundle": path.name}, headers=admin, timeout=60)
+        assert response.status_code == 422 and fragment in response.json()["detail"], (name, response.text)
+        assert str(root) not in response.json()["detail"] and "rolled back" in response.json()["detail"]
+    assert not marker.exists()  # the crafted checkpoint ran nothing
+    # the server still answers and reloads normally afterwards
+    good = requests.post(url, json={"bundle": make_bundle("second", seed=1).name}, headers=admin, timeout=60)
+    assert good.status_code == 200, good.text
+    info = requests.get(f"{keyed_server.url}/info", headers=admin, timeout=10).json()
+    assert {w["version"] for w in info["workers"]} == {good.json()["model_version"]}
+    assert all(w["ok"] for w in info["workers"])
+    assert requests.post(url, headers=admin, timeout=60).status_code == 200  # back to the start-up bundle

@@ -31,7 +31,7 @@ from twotower.serving.auth import (
 from twotower.serving.metrics import MetricsMiddleware, metrics_response
 from twotower.serving.middleware import BodyGuardMiddleware, document_validation_errors, validation_error
 from twotower.serving.recommender import RecommenderSettings
-from twotower.serving.reload import Coordinator, ReloadError, redact, reload, resolve_bundle
+from twotower.serving.reload import Coordinator, ReloadError, reload, resolve_bundle
 from twotower.serving.schemas import ReloadRequest
 from twotower.serving.settings import ServerSettings
 from twotower.serving.workers import EncodeBuyerAPI, RetrieveAPI
@@ -158,5 +158,5 @@ def _add_routes(app: Any, coordinator: Coordinator, server: ServerSettings) -> N
             path, shown = resolve_bundle(body.bundle if body else None, server.bundle_root, default)
             answer = await reload(coordinator, path, shown, stale_after, server.reload_timeout)
         except ReloadError as error:
-            return JSONResponse({"detail": redact(error.detail)}, status_code=error.status)
+            return JSONResponse({"detail": error.detail}, status_code=error.status)
         return JSONResponse(answer)

@@ -27,9 +27,12 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """True when a new server could listen on `port` (SO_REUSEADDR, as uvicorn binds: TIME_WAIT is fine)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
+            s.listen()
         except OSError:
             return False
         return True
