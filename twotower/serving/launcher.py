@@ -50,12 +50,13 @@ def _get(url: str, headers: dict | None, timeout: float) -> int:
 class LiveServer:
     """A running `python -m twotower.serve` (own process group, log in `workdir/serve-PORT.log`).
 
-    `env` replaces the two API-key variables (unset unless given); `overrides` are Hydra overrides.
+    `env` replaces the two API-key variables (unset unless given); `overrides` are Hydra overrides;
+    `command` replaces the whole command line (another server, e.g. the benchmark's no-op LitServe).
     """
 
     def __init__(
         self,
-        bundle: str | Path,
+        bundle: str | Path | None,
         workdir: str | Path,
         env: dict[str, str] | None = None,
         *overrides: str,
