@@ -91,6 +91,7 @@ def test_reloads_under_load_lose_nothing(make_bundle, tmp_path: Path) -> None:
             f"{server.url}/retrieve", json={"recent_interactions": [], "k": 3}, timeout=30
         ).status_code
         server.stop()
+    print(f"requests by status {dict(statuses)}, by version {dict(versions)}, reloads {len(reloads)}")
     assert not errors and set(statuses) == {200}, (statuses, errors[:3])
     assert set(versions) <= good_versions and len(versions) == 2, versions
     assert final == 200 and not marker.exists()

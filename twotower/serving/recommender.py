@@ -7,6 +7,9 @@ per request.
 
 Per-request problems (unknown event type, nothing to encode) come back as `QueryError` values in the result
 list instead of being raised, so one bad request never fails the other requests of its batch.
+
+Over 300 lines on purpose: request preparation, search and enrichment all read the same precomputed
+tables of one immutable object (swapped whole on reload); split, they would pass those tables around.
 """
 
 from __future__ import annotations

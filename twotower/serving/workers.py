@@ -23,8 +23,9 @@ from typing import Any
 import litserve as ls
 import orjson
 from fastapi import Depends, Response
-from litserve.loops.base import collate_requests
+from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError, collate_requests
 from litserve.loops.simple_loops import BatchedLoop
+from litserve.utils import LitAPIStatus, LoopResponseType
 
 from twotower.serving.auth import API_KEY_HEADER, require_client
 from twotower.serving.recommender import (
@@ -83,7 +84,24 @@ class IdleBlockingBatchedLoop(BatchedLoop):
             first = request_queue.get(timeout=1.0)
         except Empty:
             return [], []
-        return collate_requests(self, lit_api, _Prepend(first, request_queue), transport)
+        queue = _Prepend(first, request_queue)
+        payloads, timed_out = collate_requests(self, lit_api, queue, transport)
+        if queue.first is not None:
+            # collate_requests skips its loop when batch_timeout has already passed on entry (a busy machine
+            # can deschedule it for longer than 1 ms) and returns without taking `first`: take it here the
+            # way it would, or that request would never be answered.
+            if first == _SENTINEL_VALUE:
+                raise _StopLoopError()
+            response_queue_id, uid, timestamp, x_enc = first
+            self.put_response(
+                transport, response_queue_id, uid, (), LitAPIStatus.START, LoopResponseType.REGULAR
+            )
+            timeout = lit_api.request_timeout
+            if timeout not in (-1, False, None) and time.monotonic() - timestamp > timeout:
+                timed_out.append((response_queue_id, uid))
+            else:
+                payloads.append((response_queue_id, uid, x_enc))
+        return payloads, timed_out
 
 
 class _BundleAPI(ls.LitAPI):
