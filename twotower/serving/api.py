@@ -98,6 +98,7 @@ def build_server(
         accelerator=server.accelerator,
         workers_per_device=server.workers_per_device,
         timeout=server.timeout,
+        # LitServe's info page shows static settings only; our /info reports the live workers (versions, errors)
         info_path="/litserve/info",
         model_metadata=model_metadata,
         middlewares=middlewares,

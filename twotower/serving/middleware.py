@@ -14,6 +14,8 @@ from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+_timeout = getattr(asyncio, "timeout", None)
+
 
 class BodyGuardMiddleware:
     """413 for a declared Content-Length over `max_bytes`; 408 when the next body chunk takes over `timeout` s."""
@@ -33,6 +35,9 @@ class BodyGuardMiddleware:
 
         async def timed_receive() -> dict:
             try:
+                if _timeout is not None:  # Python 3.11+: no extra task per receive (wait_for makes one)
+                    async with _timeout(self.timeout):
+                        return await receive()
                 return await asyncio.wait_for(receive(), self.timeout)
             except asyncio.TimeoutError:
                 # an HTTPException: FastAPI passes it through its body parsing and answers it as is
