@@ -18,15 +18,14 @@ import contextlib
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import litserve as ls
 import numpy as np
+
+from twotower.serving.launcher import LiveServer, free_port
 
 EVENTS = ("view", "add_to_cart", "purchase")
 
@@ -53,10 +52,9 @@ def run_noop_server(port: int, max_batch_size: int, batch_timeout: float) -> Non
 def build_bundles(
     workdir: Path, products: int, kinds: list[str], dim: int = 384, seed: int = 0
 ) -> dict[str, Path]:
-    import torch
-
     from twotower.data.catalog import load_catalog
     from twotower.data.sample import generate_sample
+    from twotower.model.checkpoint import write_checkpoint
     from twotower.retrieval.bundle import write_bundle
     from twotower.retrieval.index import IndexBuilder
 
@@ -73,16 +71,13 @@ def build_bundles(
     embeddings = centers[rng.integers(0, 256, n)] + 0.5 * rng.standard_normal((n, dim)).astype(np.float32)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
     catalog.popularity = rng.zipf(1.5, n).astype(np.float32)
-    ckpt = workdir / "weighted_avg.ckpt"
-    torch.save(
+    ckpt = write_checkpoint(
+        workdir / "weighted_avg.ckpt",
+        {},
         {
-            "hyper_parameters": {
-                "item_tower": {"output_dim": dim},
-                "buyer_tower": {"aggregation_method": "weighted_avg", "options": {}},
-            },
-            "state_dict": {},
+            "item_tower": {"output_dim": dim},
+            "buyer_tower": {"aggregation_method": "weighted_avg", "options": {}},
         },
-        ckpt,
     )
     for kind, path in out.items():
         if (path / "manifest.json").is_file():
@@ -102,54 +97,6 @@ def build_bundles(
             text_encoder_id="synthetic",
         )
     return out
-
-
-# -- servers ------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(
-    command: list[str],
-    workdir: Path,
-    port: int,
-    log_name: str,
-    timeout: float = 600,
-    health_headers: dict | None = None,
-) -> subprocess.Popen:
-    import requests
-
-    log = (workdir / log_name).open("w")
-    process = subprocess.Popen(
-        command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{command} exited; see {workdir / log_name}")
-        try:
-            if (
-                requests.get(f"http://127.0.0.1:{port}/health", headers=health_headers, timeout=2).status_code
-                == 200
-            ):
-                return process
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    stop(process)
-    raise TimeoutError(f"{command} not healthy after {timeout} s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
 
 
 # -- load ---------------------------------------------------------------------------------------------------
@@ -209,6 +156,35 @@ def measure(url: str, bodies: list[bytes], concurrency: int) -> dict:
     }
 
 
+def idle_cpu(bundle: Path, workdir: Path, seconds: float, pythonpath: str | None = None) -> dict:
+    """Cores used by an idle `python -m twotower.serve` (main process + every child), over `seconds`."""
+    import psutil
+
+    env = {"PYTHONPATH": pythonpath} if pythonpath else None
+    with LiveServer(bundle, workdir, env).wait_ready(600) as server:
+        time.sleep(5)  # start-up work (warm-up, first heartbeats) is over
+        main = psutil.Process(server.pid)
+        processes = [main, *main.children(recursive=True)]
+
+        def used() -> float:
+            total = 0.0
+            for p in processes:
+                with contextlib.suppress(psutil.Error):
+                    t = p.cpu_times()
+                    total += t.user + t.system
+            return total
+
+        before, t0 = used(), time.monotonic()
+        time.sleep(seconds)
+        cores = (used() - before) / (time.monotonic() - t0)
+    return {
+        "code": pythonpath or "this tree",
+        "processes": len(processes),
+        "seconds": seconds,
+        "cores": cores,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -222,12 +198,29 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/twotower_bench"))
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--noop-server", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=None,
+        help="instead of the load test: CPU an idle server uses over this many seconds (default batching)",
+    )
+    parser.add_argument(
+        "--compare-pythonpath",
+        default=None,
+        help="with --idle-seconds: also measure the server importing twotower from this directory (e.g. main)",
+    )
     args = parser.parse_args()
     if args.noop_server is not None:
         run_noop_server(args.noop_server, args.max_batch_size, args.batch_timeout)
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     bundles = build_bundles(args.workdir, args.products, args.kinds)
+    if args.idle_seconds:
+        bundle = next(iter(bundles.values()))
+        this_tree = str(Path(__file__).resolve().parents[1])
+        for pythonpath in filter(None, [args.compare_pythonpath, this_tree]):
+            print(json.dumps(idle_cpu(bundle, args.workdir, args.idle_seconds, pythonpath)), flush=True)
+        return
     ids = json.loads((next(iter(bundles.values())) / "product_ids.json").read_text(encoding="utf-8"))
     bodies1, bodies16 = make_bodies(ids, args.requests), make_bodies(ids, args.concurrent_requests, seed=2)
     batching = [f"server.max_batch_size={args.max_batch_size}", f"server.batch_timeout={args.batch_timeout}"]
@@ -263,15 +256,12 @@ def main() -> None:
     for name, command in targets:
         port = free_port()
         command = [*command, str(port)] if name == "noop" else [*command, f"port={port}"]
-        process = start(command, args.workdir, port, f"{name}.log")
-        try:
-            url = f"http://127.0.0.1:{port}/retrieve"
+        # no API keys: LiveServer clears them, so /retrieve is open as in the no-op endpoint
+        with LiveServer(None, args.workdir, None, command=command, port=port).wait_ready(600) as server:
             for concurrency, bodies in ((1, bodies1), (16, bodies16)):
-                row = {"target": name, **measure(url, bodies, concurrency)}
+                row = {"target": name, **measure(f"{server.url}/retrieve", bodies, concurrency)}
                 results.append(row)
                 print(json.dumps(row), flush=True)
-        finally:
-            stop(process)
     noop = {r["c"]: r for r in results if r["target"] == "noop"}
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; products={args.products}; "

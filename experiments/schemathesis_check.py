@@ -1,7 +1,9 @@
 """Property-based fuzzing of the running service from its OpenAPI schema (schemathesis): no 5xx allowed.
 
-Starts `python -m twotower.serve` on a small generated bundle (or --bundle), with an API key so that
-/admin/reload is exercised too, then runs `st run` against /openapi.json with the `not_a_server_error`
+Starts `python -m twotower.serve` on a small generated bundle (or --bundle) with a client key and an admin
+key (TWOTOWER_ADMIN_API_KEY, sent as X-API-Key so that every route, /admin/reload included, is exercised
+past its auth check; the admin key is accepted wherever the client key is), then runs `st run` against
+/openapi.json (fetched with the key: it is protected when a client key is set) with the `not_a_server_error`
 check (add `--checks not_a_server_error,response_schema_conformance` for body conformance too).
 Exit status 0 means no failures.
 
@@ -11,15 +13,17 @@ Exit status 0 means no failures.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serving import build_bundles, free_port, start, stop  # noqa: E402
+from bench_serving import build_bundles  # noqa: E402
+
+from twotower.serving.launcher import LiveServer  # noqa: E402
 
 KEY = "schemathesis-key"
+ADMIN_KEY = "schemathesis-admin-key"
 
 
 def main() -> int:
@@ -37,36 +41,26 @@ def main() -> int:
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     bundle = args.bundle or build_bundles(args.workdir, 2000, ["flat"])["flat"]
-    port = free_port()
-    os.environ["LIT_SERVER_API_KEY"] = KEY
-    command = [
-        sys.executable,
-        "-m",
-        "twotower.serve",
-        f"bundle={bundle}",
-        f"port={port}",
-        f"hydra.run.dir={args.workdir}/hydra",
-    ]
-    server = start(command, args.workdir, port, "serve.log", health_headers={"X-API-Key": KEY})
-    try:
+    env = {"LIT_SERVER_API_KEY": KEY, "TWOTOWER_ADMIN_API_KEY": ADMIN_KEY}
+    # bundle_root: the bundle's folder, so that reloads of it (and fuzzed names inside it) are in scope
+    overrides = [f"server.bundle_root={Path(bundle).resolve().parent}"]
+    with LiveServer(bundle, args.workdir, env, *overrides).wait_ready(600, {"X-API-Key": KEY}) as server:
         st = [
             "st",
             "run",
-            f"http://127.0.0.1:{port}/openapi.json",
+            f"{server.url}/openapi.json",
             "--checks",
             args.checks,
             "--max-examples",
             str(args.max_examples),
             "--header",
-            f"X-API-Key: {KEY}",
+            f"X-API-Key: {ADMIN_KEY}",
             "--generation-deterministic",
             "--phases",
             "examples,coverage,fuzzing",
         ]
         print(" ".join(st), flush=True)
         return subprocess.run(st, check=False).returncode
-    finally:
-        stop(server)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,21 @@
-"""python -m twotower.serve [bundle=PATH] [host=...] [port=...]: the HTTP service over a bundle (LitServe)."""
+"""python -m twotower.serve [bundle=PATH] [host=...] [port=...]: the HTTP service over a bundle (LitServe).
+
+Shutdown: SIGTERM or SIGINT to this (main) process stops every child - front ends, inference workers,
+managers - within 10 s and frees the port. LitServe handles only KeyboardInterrupt and waits up to 30 s per
+front end, and a SIGTERM killed the main process alone (its children stayed, holding the port), so the first
+signal becomes a KeyboardInterrupt, later ones are ignored, and a watchdog kills whatever is left at 8 s.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
 
 import hydra
 from hydra.utils import instantiate
@@ -12,10 +25,61 @@ from twotower.config import validate_config
 from twotower.retrieval.bundle import BundleError, load_bundle
 
 log = logging.getLogger(__name__)
+HARD_STOP_AFTER = 8.0  # seconds from the first signal to SIGKILL of any child still alive
+
+
+def _stop_children(grace: float = 2.0) -> None:
+    """Terminate every multiprocessing child still alive; kill those that ignore it for `grace` s."""
+    children = multiprocessing.active_children()
+    for child in children:
+        with contextlib.suppress(Exception):
+            child.terminate()
+    deadline = time.monotonic() + grace
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            with contextlib.suppress(Exception):
+                child.kill()
+                child.join(1.0)
+
+
+@contextlib.contextmanager
+def _signals_to_shutdown() -> Iterator[None]:
+    """While inside: the first SIGTERM/SIGINT raises KeyboardInterrupt in the main thread (LitServe's
+    shutdown path), later ones are ignored, and a watchdog ends the process at HARD_STOP_AFTER."""
+    main_pid = os.getpid()
+    stopping = threading.Event()
+
+    def watchdog() -> None:
+        time.sleep(HARD_STOP_AFTER)
+        log.error("shutdown took over %.0f s; killing what is left", HARD_STOP_AFTER)
+        for child in multiprocessing.active_children():
+            with contextlib.suppress(Exception):
+                child.kill()
+        os._exit(1)
+
+    def on_signal(signum: int, frame: object) -> None:
+        if os.getpid() != main_pid:  # a forked child inherited this handler: behave as by default
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if stopping.is_set():
+            return  # a second Ctrl+C must not interrupt the cleanup (that is what left orphans)
+        stopping.set()
+        threading.Thread(target=watchdog, name="twotower-shutdown-watchdog", daemon=True).start()
+        log.warning("received %s; shutting down", signal.Signals(signum).name)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def serve(cfg: DictConfig) -> None:
-    """Check the bundle, build the server and run it until interrupted."""
+    """Check the bundle, build the server and run it until SIGTERM/SIGINT."""
     from twotower.serving import api, schemas
     from twotower.serving.recommender import event_schema_of
 
@@ -29,19 +93,20 @@ def serve(cfg: DictConfig) -> None:
     metadata = {
         k: manifest.get(k) for k in ("model_version", "created_at", "text_encoder_id", "num_products")
     }
-    server = api.build_server(str(cfg.bundle), server_settings, recommender_settings, model_metadata=metadata)
-    log.info("serving %s (%s) on http://%s:%s", cfg.bundle, manifest.get("model_version"), cfg.host, cfg.port)
-    try:
-        server.run(
-            host=cfg.host,
-            port=cfg.port,
-            num_api_servers=server_settings.api_servers,
-            generate_client_file=False,
-            log_level=server_settings.log_level,
-            api_server_worker_type=server_settings.api_server_worker_type,
+    with _signals_to_shutdown():
+        service = api.build_server(
+            str(cfg.bundle), server_settings, recommender_settings, model_metadata=metadata
         )
-    finally:
-        server.twotower_manager.shutdown()
+        log.info(
+            "serving %s (%s) on http://%s:%s", cfg.bundle, manifest.get("model_version"), cfg.host, cfg.port
+        )
+        try:
+            service.run(host=cfg.host, port=cfg.port)
+        except KeyboardInterrupt:
+            pass  # a signal during start-up: LitServe's own shutdown did not run; the lines below clean up
+        finally:
+            service.close()
+            _stop_children()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="serve")

@@ -12,6 +12,7 @@ import torch
 
 from twotower.data.catalog import Catalog
 from twotower.model.buyer_tower import BuyerTower
+from twotower.model.checkpoint import write_checkpoint
 from twotower.retrieval.bundle import write_bundle
 from twotower.retrieval.index import IndexBuilder
 
@@ -55,17 +56,13 @@ def build_test_bundle(
     if aggregation == "attention":
         torch.manual_seed(seed)
         state = {f"buyer_tower.{k}": v for k, v in BuyerTower("attention", dim).state_dict().items()}
-    ckpt = directory.parent / f"{directory.name}.ckpt"
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
+    ckpt = write_checkpoint(
+        directory.parent / f"{directory.name}.ckpt",
+        state,
         {
-            "hyper_parameters": {
-                "item_tower": {"output_dim": dim},
-                "buyer_tower": {"aggregation_method": aggregation, "options": {}},
-            },
-            "state_dict": state,
+            "item_tower": {"output_dim": dim},
+            "buyer_tower": {"aggregation_method": aggregation, "options": {}},
         },
-        ckpt,
     )
     return write_bundle(
         directory,
@@ -103,3 +100,68 @@ def make_bundle(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]
 @pytest.fixture(scope="session")
 def tiny_bundle(make_bundle: Callable[..., Path]) -> Path:
     return make_bundle("tiny")
+
+
+class _Payload:
+    """Unpickling this calls open(marker, "w"): the marker file exists iff the pickle's code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.marker), "w"))
+
+
+def crafted_checkpoint(path: Path, marker: Path) -> Path:
+    """A model.ckpt whose pickle would create `marker` if it were unpickled with weights_only=False."""
+    torch.save({"state_dict": {}, "hyper_parameters": {"evil": _Payload(marker)}}, path)
+    return path
+
+
+def _resign(directory: Path) -> None:
+    import hashlib
+    import json
+
+    manifest = json.loads((directory / "manifest.json").read_text())
+    for name in manifest["files"]:
+        if (directory / name).is_file() and "/" not in name:
+            manifest["files"][name] = hashlib.sha256((directory / name).read_bytes()).hexdigest()
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def make_broken_bundles(source: Path, root: Path, marker: Path) -> dict[str, tuple[Path, str]]:
+    """Bundles under `root` that must be refused, each with a fragment of the expected error:
+    a crafted checkpoint (would create `marker`), NaN embeddings, a manifest naming ../../etc/passwd,
+    a manifest without `files`. Checksums are re-signed so that only the planted problem remains."""
+    import json
+    import shutil
+
+    out: dict[str, tuple[Path, str]] = {}
+
+    def copy(name: str) -> Path:
+        target = root / name
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target)
+        return target
+
+    crafted = copy("broken-crafted-ckpt")
+    crafted_checkpoint(crafted / "model.ckpt", marker)
+    _resign(crafted)
+    out["crafted"] = (crafted, "refusing to load model.ckpt")
+    nan = copy("broken-nan")
+    embeddings = np.load(nan / "embeddings.npy")
+    embeddings[3] = np.nan
+    np.save(nan / "embeddings.npy", embeddings)
+    _resign(nan)
+    out["nan"] = (nan, "non-finite values")
+    traversal = copy("broken-traversal")
+    manifest = json.loads((traversal / "manifest.json").read_text())
+    manifest["files"]["../../../../etc/passwd"] = "0" * 64
+    (traversal / "manifest.json").write_text(json.dumps(manifest))
+    out["traversal"] = (traversal, "plain names")
+    unlisted = copy("broken-no-files")
+    manifest = json.loads((unlisted / "manifest.json").read_text())
+    manifest.pop("files")
+    (unlisted / "manifest.json").write_text(json.dumps(manifest))
+    out["no-files"] = (unlisted, "lists no files")
+    return out

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from twotower.serving.api import Coordinator, EncodeBuyerAPI, RetrieveAPI
 from twotower.serving.recommender import RecommenderSettings
+from twotower.serving.reload import Coordinator
 from twotower.serving.schemas import EncodeBuyerRequest, RetrieveRequest
+from twotower.serving.workers import EncodeBuyerAPI, RetrieveAPI
 
 
 def request(pid: str, event: str = "view", k: int = 3) -> RetrieveRequest:
@@ -96,3 +97,29 @@ def test_reload_swaps_and_bad_bundle_keeps_the_old_one(api: RetrieveAPI, make_bu
     api._apply({"generation": 2, "path": str(broken), "rollback": False})
     assert api.recommender is current and "checksum" in api._error
     assert run_batch(api, [request("p1")])[0].status_code == 200
+
+
+def test_idle_blocking_loop_never_drops_the_request_it_waited_for() -> None:
+    # LitAPI's batch_timeout may pass before LitServe's collate_requests looks at the queue (a busy machine
+    # deschedules it): the request the loop already took must still be returned (it once was dropped).
+    import queue
+    import time as time_module
+
+    import litserve as ls
+
+    from twotower.serving.workers import IdleBlockingBatchedLoop
+
+    api = ls.LitAPI(max_batch_size=8, batch_timeout=1e-9)
+    api.request_timeout = 30.0  # LitServer sets it from server.timeout
+    loop = IdleBlockingBatchedLoop()
+    loop._restart_workers = False
+    requests_queue: queue.Queue = queue.Queue()
+    for uid in range(3):
+        requests_queue.put((0, f"uid{uid}", time_module.monotonic(), {"x": uid}))
+    taken = []
+    while len(taken) < 3:
+        payloads, timed_out = loop.get_batch_requests(api, requests_queue, transport=None)
+        assert payloads and not timed_out
+        taken += [uid for _, uid, _ in payloads]
+    assert taken == ["uid0", "uid1", "uid2"]
+    assert loop.get_batch_requests(api, requests_queue, transport=None) == ([], [])  # idle: waits, empty

@@ -135,3 +135,27 @@ def test_attention_checkpoint_and_hnsw_index(make_bundle) -> None:
     rec = Recommender.from_bundle(make_bundle("attention", aggregation="attention", index_kind="hnsw"))
     assert rec.info()["aggregation"] == "attention" and rec.info()["index"]["kind"] == "hnsw"
     assert len(one(rec, Query(["p1", "p9"], ["view", "purchase"], k=10)).items) == 10
+
+
+@pytest.mark.parametrize("spelling", ["\u200bp7", "p7\u200f", "\u202bp7\u202c", "\ufeffp7", "ｐ７", " p7 "])
+def test_ids_with_invisible_characters_or_full_width_forms_match(rec: Recommender, spelling: str) -> None:
+    plain = one(rec, Query(["p7"], ["view"], k=5))
+    messy = one(rec, Query([spelling], ["view"], k=5))
+    assert messy.unknown_product_ids == [] and messy.items == plain.items
+
+
+def test_catalog_ids_are_matched_in_normalized_form(tiny_bundle: Path) -> None:
+    from twotower.model.buyer_tower import load_buyer_tower
+    from twotower.retrieval.bundle import load_bundle
+
+    bundle = load_bundle(tiny_bundle)
+    bundle.catalog.aliases = {**bundle.catalog.aliases, "\u200fsku-\uff19": 9}  # RLM + full-width 9
+    rec = Recommender(bundle, load_buyer_tower(bundle.checkpoint_path))
+    assert one(rec, Query(["sku-9"], ["view"], k=3)).unknown_product_ids == []
+
+
+@pytest.mark.parametrize("brand", ["\u200fلازوردي", "لازوردي\u200b", "\u202aلازوردي\u202c"])
+def test_brand_filter_ignores_format_characters(rec: Recommender, brand: str) -> None:
+    plain = one(rec, Query(["p1"], ["view"], k=5, brands=["لازوردي"]))
+    messy = one(rec, Query(["p1"], ["view"], k=5, brands=[brand]))
+    assert plain.items and messy.items == plain.items

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -11,10 +12,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.serving.conftest import make_broken_bundles
 from tests.serving.live import LiveServer
 
 pytestmark = pytest.mark.slow
 KEY = "test-key-123"
+ADMIN = "admin-key-456"
 
 
 def body(*pids: str, event: str = "purchase", **extra: object) -> dict:
@@ -30,6 +33,7 @@ def open_server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         None,
         "server.batch_timeout=0.05",
         "server.max_payload_bytes=8192",
+        "server.body_timeout=1",
     )
     try:
         server.wait_ready()
@@ -43,8 +47,9 @@ def keyed_server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) ->
     server = LiveServer(
         tiny_bundle,
         tmp_path_factory.mktemp("keyed"),
-        {"LIT_SERVER_API_KEY": KEY},
+        {"LIT_SERVER_API_KEY": KEY, "TWOTOWER_ADMIN_API_KEY": ADMIN},
         "server.poll_interval=0.05",
+        f"server.bundle_root={tiny_bundle.parent}",
     )
     try:
         server.wait_ready(headers={"X-API-Key": KEY})
@@ -138,7 +143,7 @@ def test_health_info_metrics(open_server: LiveServer) -> None:
 
 def test_auth_off_means_admin_is_disabled(open_server: LiveServer) -> None:
     response = requests.post(f"{open_server.url}/admin/reload", timeout=10)
-    assert response.status_code == 403 and "LIT_SERVER_API_KEY" in response.json()["detail"]
+    assert response.status_code == 403 and "TWOTOWER_ADMIN_API_KEY" in response.json()["detail"]
 
 
 def test_auth_on(keyed_server: LiveServer) -> None:
@@ -146,11 +151,23 @@ def test_auth_on(keyed_server: LiveServer) -> None:
     assert requests.post(url, json=body("p1"), timeout=10).status_code == 401
     assert requests.post(url, json=body("p1"), headers={"X-API-Key": "wrong"}, timeout=10).status_code == 401
     assert requests.post(url, json=body("p1"), headers={"X-API-Key": KEY}, timeout=10).status_code == 200
-    assert requests.post(f"{keyed_server.url}/admin/reload", timeout=10).status_code == 401
+    admin = f"{keyed_server.url}/admin/reload"
+    assert requests.post(admin, timeout=10).status_code == 401
+    # the client key is not an admin key
+    assert requests.post(admin, headers={"X-API-Key": KEY}, timeout=10).status_code == 401
+    for path in ("/docs", "/openapi.json", "/info", "/metrics", "/litserve/info"):
+        assert requests.get(f"{keyed_server.url}{path}", timeout=10).status_code == 401, path
+        assert requests.get(f"{keyed_server.url}{path}", headers={"X-API-Key": KEY}, timeout=10).ok, path
+    client_view = requests.get(f"{keyed_server.url}/info", headers={"X-API-Key": KEY}, timeout=10).json()
+    assert "/" not in client_view["bundle"] and all("pid" not in w for w in client_view["workers"])
+    admin_view = requests.get(f"{keyed_server.url}/info", headers={"X-API-Key": ADMIN}, timeout=10).json()
+    assert admin_view["bundle"].startswith("/") and all("pid" in w for w in admin_view["workers"])
 
 
-def test_reload_under_load_then_bad_bundle(keyed_server: LiveServer, make_bundle, tmp_path: Path) -> None:
+def test_reload_under_load_then_bad_bundle(keyed_server: LiveServer, make_bundle, tiny_bundle: Path) -> None:
     headers = {"X-API-Key": KEY}
+    admin = {"X-API-Key": ADMIN}
+    tmp_path = tiny_bundle.parent  # the server's bundle_root
     url = f"{keyed_server.url}/retrieve"
     first = requests.post(url, json=body("p1"), headers=headers, timeout=10).json()["model_version"]
     second_path = make_bundle("second", seed=1)
@@ -171,7 +188,7 @@ def test_reload_under_load_then_bad_bundle(keyed_server: LiveServer, make_bundle
         reload = requests.post(
             f"{keyed_server.url}/admin/reload",
             json={"bundle": str(second_path)},
-            headers=headers,
+            headers=admin,
             timeout=300,
         )
     finally:
@@ -184,20 +201,74 @@ def test_reload_under_load_then_bad_bundle(keyed_server: LiveServer, make_bundle
     assert requests.post(url, json=body("p1"), headers=headers, timeout=10).json()["model_version"] == second
 
     broken = tmp_path / "broken"
+    shutil.rmtree(broken, ignore_errors=True)
     shutil.copytree(second_path, broken)
     (broken / "model.ckpt").write_bytes(b"not a checkpoint")
     bad = requests.post(
-        f"{keyed_server.url}/admin/reload", json={"bundle": str(broken)}, headers=headers, timeout=300
+        f"{keyed_server.url}/admin/reload", json={"bundle": "broken"}, headers=admin, timeout=300
     )
     assert bad.status_code == 422 and "checksum" in bad.json()["detail"] and second in bad.json()["detail"]
+    assert str(tmp_path) not in bad.json()["detail"]  # no absolute paths in answers
     assert requests.post(url, json=body("p1"), headers=headers, timeout=10).json()["model_version"] == second
     missing = requests.post(
         f"{keyed_server.url}/admin/reload",
         json={"bundle": str(tmp_path / "nope")},
-        headers=headers,
+        headers=admin,
         timeout=300,
     )
     assert missing.status_code == 422 and "does not exist" in missing.json()["detail"]
 
-    back = requests.post(f"{keyed_server.url}/admin/reload", headers=headers, timeout=300)  # default bundle
+    back = requests.post(f"{keyed_server.url}/admin/reload", headers=admin, timeout=300)  # default bundle
     assert back.status_code == 200 and back.json()["model_version"] == first
+
+
+def test_stalled_clients_do_not_delay_others(open_server: LiveServer) -> None:
+    # 20 clients send headers and part of a body, then stall; the others are answered meanwhile and the
+    # stalled ones get a 408 once server.body_timeout (1 s here) passes without a byte.
+    head = (
+        b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 1000\r\n\r\n{"recent_'
+    )
+    stalled = [socket.create_connection(("127.0.0.1", open_server.port)) for _ in range(20)]
+    try:
+        for sock in stalled:
+            sock.sendall(head)
+        for _ in range(5):
+            response = requests.post(f"{open_server.url}/retrieve", json=body("p1"), timeout=5)
+            assert response.status_code == 200
+        for sock in stalled:
+            sock.settimeout(30)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 408")
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_reload_refusals_reveal_nothing_and_never_wedge(
+    keyed_server: LiveServer, tiny_bundle: Path, make_bundle
+) -> None:
+    admin = {"X-API-Key": ADMIN}
+    url = f"{keyed_server.url}/admin/reload"
+    root = tiny_bundle.parent
+    # Outside the root: one answer whether the path exists, is a file or a directory.
+    for path in ("/etc", "/root", "/etc/passwd", "/no/such/dir", "../../../../etc", str(root.parent)):
+        response = requests.post(url, json={"bundle": path}, headers=admin, timeout=30)
+        assert response.status_code == 422, path
+        assert response.json()["detail"] == (
+            f"bundle {path!r} is not a directory inside the server's bundle root (server.bundle_root)"
+        )
+    nul = requests.post(url, json={"bundle": "tiny\u0000/../x"}, headers=admin, timeout=30)
+    assert nul.status_code == 422 and "control characters" in nul.json()["detail"]
+    marker = root / "pwned"
+    for name, (path, fragment) in make_broken_bundles(tiny_bundle, root, marker).items():
+        response = requests.post(url, json={"bundle": path.name}, headers=admin, timeout=60)
+        assert response.status_code == 422 and fragment in response.json()["detail"], (name, response.text)
+        assert str(root) not in response.json()["detail"] and "rolled back" in response.json()["detail"]
+    assert not marker.exists()  # the crafted checkpoint ran nothing
+    # the server still answers and reloads normally afterwards
+    good = requests.post(url, json={"bundle": make_bundle("second", seed=1).name}, headers=admin, timeout=60)
+    assert good.status_code == 200, good.text
+    info = requests.get(f"{keyed_server.url}/info", headers=admin, timeout=10).json()
+    assert {w["version"] for w in info["workers"]} == {good.json()["model_version"]}
+    assert all(w["ok"] for w in info["workers"])
+    assert requests.post(url, headers=admin, timeout=60).status_code == 200  # back to the start-up bundle

@@ -124,9 +124,11 @@ class BuyerTower(nn.Module):
 def load_buyer_tower(ckpt_path: str | Path, map_location: str = "cpu") -> BuyerTower:
     """The buyer tower of a training checkpoint, in eval mode: all serving needs beside the stored item vectors.
 
-    Reads the checkpoint with torch alone, so serving workers start without importing Lightning.
+    Reads the checkpoint with torch alone (no code from the file runs), so workers start without Lightning.
     """
-    checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=False)
+    from twotower.model.checkpoint import read_checkpoint
+
+    checkpoint = read_checkpoint(ckpt_path, map_location=map_location)
     hparams = checkpoint["hyper_parameters"]
     embedding_dim = dict(hparams.get("item_tower") or {}).get("output_dim", 384)
     tower = BuyerTower(embedding_dim=embedding_dim, **dict(hparams.get("buyer_tower") or {}))

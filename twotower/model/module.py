@@ -295,10 +295,17 @@ class TwoTowerModule(L.LightningModule):
 
 
 def load_module(ckpt_path: str | Path, text_encoder: Any = None, map_location: str = "cpu") -> TwoTowerModule:
-    """Load a TwoTowerModule checkpoint; pass the text encoder only to embed text (the buyer tower needs none)."""
+    """Load a TwoTowerModule checkpoint; pass the text encoder only to embed text (the buyer tower needs none).
+
+    The file is read by `read_checkpoint` (weights_only: nothing in it can run code); Lightning's own
+    `_load_state` then builds the module exactly as `load_from_checkpoint` would after its own unpickling.
+    """
+    from lightning.pytorch.core.saving import _load_state
+
+    from twotower.model.checkpoint import read_checkpoint
+
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return TwoTowerModule.load_from_checkpoint(
-        path, map_location=map_location, text_encoder=text_encoder, weights_only=False
-    )
+    checkpoint = read_checkpoint(path, map_location=map_location)
+    return _load_state(TwoTowerModule, checkpoint, text_encoder=text_encoder)

@@ -205,6 +205,63 @@ def write_bundle(
     return directory
 
 
+REQUIRED_FILES = (CHECKPOINT, EMBEDDINGS, PRODUCT_IDS, CATALOG)
+
+
+def _check_listed_files(directory: Path, manifest: dict, verify_checksums: bool) -> None:
+    """Every required file is listed in the manifest's `files` under a plain name, exists inside the bundle
+    (no symlink out of it) and, when asked, matches its checksum. Nothing outside the bundle is ever read."""
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BundleError(
+            f"{MANIFEST} of bundle {directory} lists no files (its 'files' checksums): re-export the bundle"
+        )
+    unlisted = [name for name in REQUIRED_FILES if name not in files]
+    if unlisted:
+        raise BundleError(f"{MANIFEST} of bundle {directory} does not list {', '.join(unlisted)} in 'files'")
+    base = directory.resolve()
+    for name, digest in files.items():
+        if (
+            not isinstance(name, str)
+            or name in ("", ".", "..")
+            or "/" in name
+            or "\\" in name
+            or "\x00" in name
+        ):
+            raise BundleError(
+                f"{MANIFEST} of bundle {directory} lists {name!r}: file names must be plain names"
+            )
+        path = directory / name
+        if not path.is_file():
+            raise BundleError(f"bundle {directory} is missing {name} (listed in {MANIFEST})")
+        if path.resolve().parent != base:
+            raise BundleError(f"{name} in bundle {directory} is a link out of the bundle; copy the file in")
+        if verify_checksums and _sha256(path) != digest:
+            raise BundleError(
+                f"{path} does not match the checksum in {MANIFEST}: the file was changed or corrupted"
+            )
+
+
+def _check_contents(directory: Path, embeddings: np.ndarray, product_ids: list) -> None:
+    """A servable catalog: not empty, unique ids, finite vectors (NaN rows would answer empty results)."""
+    if len(product_ids) == 0:
+        raise BundleError(f"bundle {directory} has an empty catalog: nothing to recommend")
+    if len(set(product_ids)) != len(product_ids):
+        seen: set = set()
+        duplicates = sorted({p for p in product_ids if p in seen or seen.add(p)})
+        raise BundleError(
+            f"{PRODUCT_IDS} of bundle {directory} repeats {len(duplicates)} product ids "
+            f"(e.g. {', '.join(map(repr, duplicates[:3]))}); ids must be unique"
+        )
+    finite = np.isfinite(embeddings).all(axis=1)
+    if not finite.all():
+        rows = np.flatnonzero(~finite)
+        raise BundleError(
+            f"{EMBEDDINGS} of bundle {directory} has non-finite values (NaN/inf) in {len(rows)} rows "
+            f"(e.g. product {product_ids[int(rows[0])]!r}); re-export the bundle"
+        )
+
+
 def load_bundle(
     directory: str | Path, load_index: bool = True, device: str = "cpu", verify_checksums: bool = True
 ) -> Bundle:
@@ -223,17 +280,7 @@ def load_bundle(
         raise BundleError(
             f"{manifest_path}: format_version {manifest.get('format_version')} != supported {FORMAT_VERSION}"
         )
-    for name, digest in manifest.get("files", {}).items():
-        path = directory / name
-        if not path.is_file():
-            raise BundleError(f"bundle {directory} is missing {name} (listed in {MANIFEST})")
-        if verify_checksums and _sha256(path) != digest:
-            raise BundleError(
-                f"{path} does not match the checksum in {MANIFEST}: the file was changed or corrupted"
-            )
-    for required in (CHECKPOINT, EMBEDDINGS, PRODUCT_IDS, CATALOG):
-        if not (directory / required).is_file():
-            raise BundleError(f"bundle {directory} is missing {required}")
+    _check_listed_files(directory, manifest, verify_checksums)
     embeddings = np.load(directory / EMBEDDINGS, mmap_mode=None).astype(np.float32, copy=False)
     product_ids = json.loads((directory / PRODUCT_IDS).read_text(encoding="utf-8"))
     frame = pd.read_parquet(directory / CATALOG)
@@ -249,6 +296,7 @@ def load_bundle(
         )
     if catalog.product_ids != product_ids:
         raise BundleError(f"{CATALOG} product ids differ from {PRODUCT_IDS} (order or content)")
+    _check_contents(directory, embeddings, product_ids)
     index = None
     if load_index:
         index = VectorIndex.load(directory, device=device)

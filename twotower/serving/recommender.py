@@ -7,6 +7,9 @@ per request.
 
 Per-request problems (unknown event type, nothing to encode) come back as `QueryError` values in the result
 list instead of being raised, so one bad request never fails the other requests of its batch.
+
+Over 300 lines on purpose: request preparation, search and enrichment all read the same precomputed
+tables of one immutable object (swapped whole on reload); split, they would pass those tables around.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from twotower.data.schema import EVENT_TYPES, EventSchema, normalize_key
+from twotower.data.schema import EVENT_TYPES, EventSchema, normalize_id, normalize_key
 from twotower.model.buyer_tower import BuyerTower, load_buyer_tower
 from twotower.retrieval.bundle import Bundle, load_bundle
 from twotower.retrieval.index import IndexBuilder, VectorIndex
@@ -122,7 +125,7 @@ class Recommender:
         data_cfg = dict(dict(bundle.manifest.get("config") or {}).get("data") or {})
         self.max_history = int(data_cfg.get("max_history") or self.settings.max_interactions)
         self._event_codes: dict[str, int] = {}
-        self._aliases = catalog.aliases  # raw id -> row (duplicates included): O(1) resolution
+        self._aliases = self._matching_ids(catalog.aliases)  # id -> row (duplicates included): O(1)
         popularity = np.asarray(catalog.popularity, dtype=np.float32)
         self._popular = np.argsort(-popularity, kind="stable")  # rows, most popular first
         top = float(popularity.max()) if len(popularity) and popularity.max() > 0 else 1.0
@@ -154,6 +157,22 @@ class Recommender:
         recommender = cls(bundle, tower, settings)
         recommender.warm_up()
         return recommender
+
+    @staticmethod
+    def _matching_ids(aliases: dict[str, int]) -> dict[str, int]:
+        """Alias -> row, keyed by `normalize_id` (as request ids are looked up). Normalizing is idempotent,
+        so this is right whether or not the catalog already cleaned its ids; the raw spelling stays a key too."""
+        table = dict(aliases)
+        collisions = 0
+        for alias, row in aliases.items():
+            key = normalize_id(alias)
+            if table.setdefault(key, row) != row:
+                collisions += 1
+        if collisions:
+            log.warning(
+                "%d catalog ids collide once normalized (invisible characters, NFKC); first kept", collisions
+            )
+        return table
 
     @staticmethod
     def _group_rows(values: Sequence[str]) -> dict[str, np.ndarray]:
@@ -225,7 +244,9 @@ class Recommender:
                     f"recent_interactions[{i}].event_type {event!r} is not a known event type; "
                     f"known: {', '.join(EVENT_TYPES)} (or their aliases)"
                 )
-            row = self._aliases.get(pid, -1)
+            row = self._aliases.get(pid)
+            if row is None:  # e.g. a bidi mark, zero-width space or full-width digits around a known id
+                row = self._aliases.get(normalize_id(pid), -1)
             if row < 0:
                 if pid not in unknown:
                     unknown.append(pid)

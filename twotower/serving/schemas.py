@@ -129,11 +129,16 @@ class EncodeBuyerResponse(BaseModel):
     model_version: str
 
 
-class ErrorResponse(BaseModel):
-    detail: str
-
-
 class ReloadRequest(_Strict):
     bundle: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = Field(
-        default=None, description="Bundle directory to load; default: the bundle the server was started with."
+        default=None,
+        description="Bundle directory inside the server's bundle root (server.bundle_root), relative to it or "
+        "absolute; default: the bundle the server was started with.",
     )
+
+    @field_validator("bundle")
+    @classmethod
+    def _no_control_characters(cls, value: str | None) -> str | None:
+        if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("control characters (NUL, newline, ...) are not allowed in a bundle path")
+        return value
