@@ -6,13 +6,13 @@ import logging
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from twotower.assembly import RUNTIME_ARGS, build_text_encoder
 from twotower.callbacks import BundleExporter, held_out_dataset
 from twotower.config import ConfigError, validate_config
+from twotower.model.checkpoint import read_checkpoint
 from twotower.model.module import load_module
 from twotower.retrieval.export import export_bundle, model_config_from_hparams
 
@@ -27,7 +27,7 @@ def export(cfg: DictConfig) -> Path:
         raise ConfigError(
             f"ckpt_path={ckpt_path} does not exist; pass a checkpoint, e.g. outputs/latest/model.ckpt"
         )
-    hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True)["hyper_parameters"]
+    hparams = read_checkpoint(ckpt_path)["hyper_parameters"]
     try:
         model_config = model_config_from_hparams(hparams)
     except ValueError as error:

@@ -81,7 +81,6 @@ def _signals_to_shutdown() -> Iterator[None]:
 def serve(cfg: DictConfig) -> None:
     """Check the bundle, build the server and run it until SIGTERM/SIGINT."""
     from twotower.serving import api, schemas
-    from twotower.serving.recommender import event_schema_of
 
     validate_config(cfg)
     server_settings = instantiate(cfg.server)
@@ -89,7 +88,7 @@ def serve(cfg: DictConfig) -> None:
     # Fail here, with the bundle's own message, rather than in a worker process.
     bundle = load_bundle(cfg.bundle, load_index=False, verify_checksums=False)
     manifest = bundle.manifest
-    schemas.configure_event_schema(event_schema_of(manifest))
+    schemas.configure_event_schema(bundle.event_schema)
     metadata = {
         k: manifest.get(k) for k in ("model_version", "created_at", "text_encoder_id", "num_products")
     }

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from twotower.data.schema import EVENT_TYPES, EventSchema, normalize_id, normalize_key
+from twotower.data.schema import EVENT_TYPES, normalize_id, normalize_key
 from twotower.model.buyer_tower import BuyerTower, load_buyer_tower
 from twotower.retrieval.bundle import Bundle, load_bundle
 from twotower.retrieval.index import IndexBuilder, VectorIndex
@@ -95,14 +95,6 @@ class RecommenderSettings:
             raise ValueError(f"recommender.exact_filter_max must be >= 0, got {self.exact_filter_max}")
 
 
-def event_schema_of(manifest: dict) -> EventSchema:
-    """The event names and weights a bundle was trained with (defaults where its config has none)."""
-    data = dict(dict(manifest.get("config") or {}).get("data") or {})
-    return EventSchema(
-        weights=dict(data.get("event_weights") or {}), aliases=dict(data.get("event_aliases") or {})
-    )
-
-
 class Recommender:
     """Answers retrieve/encode queries from one loaded bundle; immutable after construction (safe to swap)."""
 
@@ -120,10 +112,9 @@ class Recommender:
         self.catalog = catalog
         self.embeddings = np.ascontiguousarray(bundle.embeddings, dtype=np.float32)
         self.num_items, self.dim = self.embeddings.shape
-        self.schema = event_schema_of(bundle.manifest)
+        self.schema = bundle.event_schema
         self.weight_by_code = self.schema.weight_array
-        data_cfg = dict(dict(bundle.manifest.get("config") or {}).get("data") or {})
-        self.max_history = int(data_cfg.get("max_history") or self.settings.max_interactions)
+        self.max_history = int(bundle.data_config.get("max_history") or self.settings.max_interactions)
         self._event_codes: dict[str, int] = {}
         self._aliases = self._matching_ids(catalog.aliases)  # id -> row (duplicates included): O(1)
         popularity = np.asarray(catalog.popularity, dtype=np.float32)
