@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from twotower.config import ConfigError
 from twotower.data.catalog import Catalog
-from twotower.evaluate import _check_referenced, catalog_mapping, data_overridden, select_data_config
+from twotower.evaluate import catalog_mapping, check_referenced, data_overridden, select_data_config
 from twotower.evaluation.report import (
     evaluate_rankings,
     format_table,
@@ -124,9 +124,9 @@ def test_catalog_mapping_resolves_duplicates_through_aliases() -> None:
 def test_products_missing_from_the_bundle_fail_clearly(tmp_path: Path) -> None:
     data = catalog(["a", "b", "c", "d"])
     mapping = catalog_mapping(data, catalog(["a", "b", "c"]))
-    _check_referenced(mapping, np.array([0, 1, 2]), data, tmp_path)  # d is never referenced: fine
+    check_referenced(mapping, np.array([0, 1, 2]), data, tmp_path)  # d is never referenced: fine
     with pytest.raises(BundleError, match=r"1 products .*\['d'\].*twotower.export"):
-        _check_referenced(mapping, np.array([0, 3, 3]), data, tmp_path)
+        check_referenced(mapping, np.array([0, 3, 3]), data, tmp_path)
 
 
 # -- metrics -------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +23,14 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from twotower.config import ConfigError, validate_config
-from twotower.data.catalog import Catalog
 from twotower.data.datamodule import TwoTowerDataModule
 from twotower.entry import build_text_encoder, metric_value
-from twotower.evaluation.queries import split_queries
+from twotower.evaluation.queries import catalog_mapping, check_referenced, split_queries
 from twotower.evaluation.rankers import Interactions, ModelRanker
 from twotower.evaluation.report import evaluate_rankings, history_length_slices, report_text
-from twotower.evaluation.tuning import Choice, MethodSpec, RepeatCache, candidates_of, rank_split, tune_method
+from twotower.evaluation.tuning import MethodSpec, tune_and_rank
 from twotower.model.buyer_tower import load_buyer_tower
 from twotower.retrieval.bundle import Bundle, BundleError, load_bundle
 from twotower.scoring import MANIFEST_KEY as SCORING_KEY
@@ -74,32 +71,6 @@ def select_data_config(cfg: DictConfig, manifest: dict, overridden: bool = False
         log.warning("the bundle records no usable data config; evaluating on the composed data config")
     log.info("data: the composed data config (events: %s)", cfg.data.get("events_path"))
     return cfg.data
-
-
-def catalog_mapping(data_catalog: Catalog, bundle_catalog: Catalog) -> np.ndarray:
-    """int64 [num data items]: each data-catalog item's row in the bundle (by product id or alias), -1 if absent."""
-    mapping = bundle_catalog.resolve(data_catalog.product_ids)
-    missing = mapping < 0
-    if missing.any():
-        # a duplicate may be canonical under another id in the bundle: try the data catalog's aliases too
-        by_alias: dict[int, int] = {}
-        for alias, index in data_catalog.aliases.items():
-            if missing[index] and alias in bundle_catalog.aliases:
-                by_alias.setdefault(index, bundle_catalog.aliases[alias])
-        for index, row in by_alias.items():
-            mapping[index] = row
-    return mapping
-
-
-def _check_referenced(mapping: np.ndarray, items: np.ndarray, catalog: Catalog, bundle_path: Path) -> None:
-    absent = np.unique(items[mapping[items] < 0])
-    if len(absent):
-        ids = [catalog.product_ids[i] for i in absent[:10]]
-        raise BundleError(
-            f"the evaluation data references {len(absent)} products that the bundle {bundle_path} does not contain "
-            f"(e.g. {ids}); evaluate on the data the bundle was trained on, or re-export the bundle over this "
-            "catalog with `python -m twotower.export`"
-        )
 
 
 def text_vectors(manifest: dict, texts: list[str], cache_dir: str) -> np.ndarray:
@@ -187,8 +158,6 @@ def _method_specs(cfg: DictConfig, bundle: Bundle, vectors: np.ndarray, fixed: S
     for name, node in (cfg.get("baselines") or {}).items():
         if node is None:
             continue
-        if name == "model":
-            raise ConfigError("baselines.model: the name 'model' is taken by the model")
         extra = {"item_vectors": vectors} if _needs_vectors(node) else {}
         grid = _grid(node.get("grid")) or [{}]
 
@@ -243,7 +212,7 @@ def evaluate(cfg: DictConfig, overridden: bool = False) -> dict[str, Any]:
 
     # Everything below works in the bundle's item order: the candidate set is the bundle's catalog.
     mapping = catalog_mapping(datamodule.catalog, bundle.catalog)
-    _check_referenced(mapping, events.item, datamodule.catalog, bundle.path)
+    check_referenced(mapping, events.item, datamodule.catalog, bundle.path)
     num_items = len(bundle.catalog)
     interactions = _interactions(datamodule, mapping, num_items)
     item_counts = np.bincount(interactions.item, minlength=num_items).astype(np.float32)
@@ -260,50 +229,21 @@ def evaluate(cfg: DictConfig, overridden: bool = False) -> dict[str, Any]:
         )
         for split in dict.fromkeys(["val", cfg.split])
     }
-    batch = int(cfg.batch_size)
 
-    # 1. choose each method's parameters and scoring settings on val; the model's decide what is served
-    repeats = {split: RepeatCache(q) for split, q in queries.items()}
-    model_exclusions = [fixed.exclude_seen] if fixed else [True, False]
-    if fixed and cfg.report_other_exclusion:
-        model_exclusions.append(not fixed.exclude_seen)
-    tuning: dict[str, Any] = {}
-    chosen: dict[str, dict[bool, Choice]] = {}
-    fitted: dict[str, dict[str, Any]] = {}
-    served: bool | None = fixed.exclude_seen if fixed else None
-    for spec in tqdm(specs, desc="tuning on val", unit="method"):
-        if served is None:
-            exclusions = model_exclusions
-        else:
-            exclusions = [served, not served] if cfg.report_other_exclusion else [served]
-        best, trace, fitted[spec.name] = tune_method(
-            spec, lambda r: r.fit(interactions), queries["val"], exclusions, tune_k, batch, repeats["val"]
-        )
-        chosen[spec.name] = best
-        if served is None:  # the model without recorded settings: serve the better exclusion setting on val
-            served = max(best, key=lambda e: (best[e].val_score, e))
-        tuning[spec.name] = {
-            **{f"exclude_seen={str(e).lower()}": c.to_dict() for e, c in best.items()},
-            "grid": trace,
-        }
-    assert served is not None
-    exclusions = [served, not served] if cfg.report_other_exclusion else [served]
-
-    # 2. rank the evaluation split under the chosen settings
     test = queries[cfg.split]
-    max_k = min(k_values[-1], num_items)
-    rankings: dict[bool, dict[str, np.ndarray]] = {e: {} for e in exclusions}
-    for spec in tqdm(specs, desc=f"ranking {cfg.split}", unit="method"):
-        for exclude in exclusions:
-            choice = chosen[spec.name][exclude]
-            ranker = fitted[spec.name][repr(sorted(choice.params.items()))]
-            candidates = candidates_of(ranker, test, max_k, batch)
-            rankings[exclude][spec.name] = rank_split(
-                candidates, test, choice.settings, max_k, batch, repeats[cfg.split]
-            )
-    index_meta = {}
-    if cfg.use_index:
-        index_meta = _rank_through_index(specs[0], fitted, chosen, test, exclusions, max_k, batch, rankings)
+    outcome = tune_and_rank(
+        specs,
+        lambda ranker: ranker.fit(interactions),
+        queries["val"],
+        test,
+        fixed,
+        tune_k=tune_k,
+        max_k=min(k_values[-1], num_items),
+        batch_size=int(cfg.batch_size),
+        report_other=bool(cfg.report_other_exclusion),
+        use_index=bool(cfg.use_index),
+    )
+    served, rankings = outcome.served, outcome.rankings
 
     slices = {
         "warm": item_counts[test.targets] > 0,
@@ -321,8 +261,8 @@ def evaluate(cfg: DictConfig, overridden: bool = False) -> dict[str, Any]:
     results = score(rankings[served])
     if cfg.report_other_exclusion:
         results["other_exclusion"] = {"exclude_seen": not served, **score(rankings[not served])}
-    results["scoring"] = chosen["model"][served].settings.to_dict()
-    results["tuning"] = tuning
+    results["scoring"] = outcome.chosen["model"][served].settings.to_dict()
+    results["tuning"] = outcome.tuning
     results["meta"] = {
         "bundle": str(bundle.path.resolve()),
         "model_version": bundle.version,
@@ -335,7 +275,7 @@ def evaluate(cfg: DictConfig, overridden: bool = False) -> dict[str, Any]:
         + ("; model_index: through the bundle's index" if cfg.use_index else ""),
         "scoring_source": "bundle/config" if fixed else f"chosen on val (recall@{tune_k})",
         "diversity_space": f"text encoder vectors ({bundle.manifest.get('text_encoder_id')})",
-        **index_meta,
+        **outcome.index_meta,
     }
     print(report_text(results, k_values, [*rankings[served]], int(cfg.list_k)), flush=True)
     path = Path(cfg.metrics_path)
@@ -343,20 +283,6 @@ def evaluate(cfg: DictConfig, overridden: bool = False) -> dict[str, Any]:
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
     log.info("wrote %s", path)
     return results
-
-
-def _rank_through_index(spec, fitted, chosen, test, exclusions, max_k, batch, rankings) -> dict[str, Any]:
-    """Add a ``model_index`` row: the model through the bundle's index under the model's settings."""
-    meta: dict[str, Any] = {}
-    for exclude in exclusions:
-        choice = chosen[spec.name][exclude]
-        ranker = fitted[spec.name][repr(sorted(choice.params.items()))]
-        started = time.perf_counter()
-        candidates = candidates_of(ranker, test, max_k, batch, use_index=True)
-        meta[f"index_seconds_exclude_seen={str(exclude).lower()}"] = time.perf_counter() - started
-        rankings[exclude]["model_index"] = rank_split(candidates, test, choice.settings, max_k, batch)
-    meta["index"] = getattr(ranker.index, "info", {})
-    return meta
 
 
 def _flatten(results: dict[str, Any]) -> dict[str, float]:

@@ -5,13 +5,42 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from twotower.data.catalog import Catalog
+from twotower.retrieval.bundle import BundleError
 from twotower.scoring import History
 
-__all__ = ["SplitQueries", "split_queries"]
+__all__ = ["SplitQueries", "catalog_mapping", "split_queries"]
+
+
+def catalog_mapping(data_catalog: Catalog, bundle_catalog: Catalog) -> np.ndarray:
+    """int64 [num data items]: each data-catalog item's row in the bundle (by product id or alias), -1 if absent."""
+    mapping = bundle_catalog.resolve(data_catalog.product_ids)
+    missing = mapping < 0
+    if missing.any():
+        # a duplicate may be canonical under another id in the bundle: try the data catalog's aliases too
+        by_alias: dict[int, int] = {}
+        for alias, index in data_catalog.aliases.items():
+            if missing[index] and alias in bundle_catalog.aliases:
+                by_alias.setdefault(index, bundle_catalog.aliases[alias])
+        for index, row in by_alias.items():
+            mapping[index] = row
+    return mapping
+
+
+def check_referenced(mapping: np.ndarray, items: np.ndarray, catalog: Catalog, bundle_path: Path) -> None:
+    absent = np.unique(items[mapping[items] < 0])
+    if len(absent):
+        ids = [catalog.product_ids[i] for i in absent[:10]]
+        raise BundleError(
+            f"the evaluation data references {len(absent)} products that the bundle {bundle_path} does not contain "
+            f"(e.g. {ids}); evaluate on the data the bundle was trained on, or re-export the bundle over this "
+            "catalog with `python -m twotower.export`"
+        )
 
 
 @dataclass

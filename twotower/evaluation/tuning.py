@@ -9,11 +9,13 @@ them - exactly what ranking from the dense scores gives (see :func:`twotower.sco
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from twotower.evaluation.queries import SplitQueries
 from twotower.scoring import (
@@ -27,7 +29,17 @@ from twotower.scoring import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Candidates", "MethodSpec", "Choice", "candidates_of", "rank_split", "recall_at", "tune_method"]
+__all__ = [
+    "Candidates",
+    "Choice",
+    "MethodSpec",
+    "Outcome",
+    "candidates_of",
+    "rank_split",
+    "recall_at",
+    "tune_and_rank",
+    "tune_method",
+]
 
 
 @dataclass
@@ -168,3 +180,73 @@ def tune_method(
             spec.name, exclude, choice.params or "defaults", choice.settings.describe(), k, choice.val_score,
         )  # fmt: skip
     return best, trace, fitted
+
+
+@dataclass
+class Outcome:
+    """``served``: the served exclusion setting; ``rankings[exclude][method]`` int64 [Q, max_k]; the choices."""
+
+    served: bool
+    rankings: dict[bool, dict[str, np.ndarray]]
+    chosen: dict[str, dict[bool, Choice]]
+    tuning: dict[str, Any]
+    index_meta: dict[str, Any]
+
+
+def tune_and_rank(
+    specs: Sequence[MethodSpec],
+    fit: Callable[[Any], Any],
+    val: SplitQueries,
+    test: SplitQueries,
+    fixed: ScoringSettings | None,
+    tune_k: int,
+    max_k: int,
+    batch_size: int,
+    report_other: bool = True,
+    use_index: bool = False,
+) -> Outcome:
+    """Choose every method's settings on ``val`` (the first spec is the model: its recorded ``fixed`` settings,
+    else its better exclusion setting on val, decide what is served), then rank ``test`` with each method
+    under the served exclusion setting (and the other one with ``report_other``). ``use_index`` adds a
+    ``model_index`` row: the model ranked through its vector index."""
+    repeats = {"val": RepeatCache(val), "test": RepeatCache(test)}
+    served: bool | None = fixed.exclude_seen if fixed else None
+    tuning: dict[str, Any] = {}
+    chosen: dict[str, dict[bool, Choice]] = {}
+    fitted: dict[str, dict[str, Any]] = {}
+    for spec in tqdm(specs, desc="tuning on val", unit="method"):
+        if served is None:
+            exclusions = [True, False]
+        else:
+            exclusions = [served, not served] if report_other else [served]
+        best, trace, fitted[spec.name] = tune_method(
+            spec, fit, val, exclusions, tune_k, batch_size, repeats["val"]
+        )
+        chosen[spec.name] = best
+        if served is None:  # the model without recorded settings: serve its better exclusion setting on val
+            served = max(best, key=lambda e: (best[e].val_score, e))
+        tuning[spec.name] = {
+            **{f"exclude_seen={str(e).lower()}": c.to_dict() for e, c in best.items()},
+            "grid": trace,
+        }
+    assert served is not None, "tune_and_rank needs at least the model's spec"
+    exclusions = [served, not served] if report_other else [served]
+    rankings: dict[bool, dict[str, np.ndarray]] = {e: {} for e in exclusions}
+    index_meta: dict[str, Any] = {}
+    for spec in tqdm(specs, desc="ranking the evaluation split", unit="method"):
+        for exclude in exclusions:
+            choice = chosen[spec.name][exclude]
+            ranker = fitted[spec.name][repr(sorted(choice.params.items()))]
+            runs = [(spec.name, False)] + ([("model_index", True)] if use_index and spec is specs[0] else [])
+            for name, through_index in runs:
+                started = time.perf_counter()
+                candidates = candidates_of(ranker, test, max_k, batch_size, use_index=through_index)
+                if use_index and spec is specs[0]:  # exact vs index: the scoring seconds of both
+                    index_meta[f"{name}_seconds_exclude_seen={str(exclude).lower()}"] = (
+                        time.perf_counter() - started
+                    )
+                    index_meta["index"] = getattr(ranker.index, "info", {})
+                rankings[exclude][name] = rank_split(
+                    candidates, test, choice.settings, max_k, batch_size, repeats["test"]
+                )
+    return Outcome(served, rankings, chosen, tuning, index_meta)
