@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from twotower.config import ConfigError
@@ -12,8 +13,14 @@ from twotower.data.datamodule import HistoryDataset
 from twotower.data.sequences import EventLog
 from twotower.evaluate import check_baselines, served_settings
 from twotower.evaluation.queries import split_queries
-from twotower.evaluation.rankers import Interactions, PopularityRanker
-from twotower.evaluation.tuning import MethodSpec, tune_and_rank
+from twotower.evaluation.rankers import Interactions, ModelRanker, PopularityRanker
+from twotower.evaluation.tuning import (
+    MethodSpec,
+    candidates_of,
+    choose_served_settings,
+    rank_split,
+    tune_and_rank,
+)
 from twotower.scoring import ScoringSettings
 
 DAY_US = 86_400 * 1_000_000
@@ -156,3 +163,47 @@ def test_served_settings_come_from_the_bundle_the_config_or_val() -> None:
     cfg.scoring.source = "bundle"
     with pytest.raises(ConfigError, match="records no 'scoring'"):
         served_settings(cfg, {})
+
+
+def test_choose_served_settings_for_export() -> None:
+    events = event_log()
+    train = events.timestamp < 10 * DAY_US
+    ranker = PopularityRanker().fit(Interactions(events.buyer[train], events.item[train], np.ones(5), 4))
+    grid = {"repeat_weight": [0.0, 2.0], "half_life_days": [30.0]}
+    settings, trace = choose_served_settings(ranker, queries(events, VAL), grid, k=1)
+    assert settings == ScoringSettings(exclude_seen=False, repeat_weight=2.0, half_life_days=30.0)
+    assert trace["chosen"] == 1.0 and len(trace["grid"]) == 3
+    assert ScoringSettings.from_dict(settings.to_dict()) == settings  # what the manifest records
+
+
+class MeanTower(torch.nn.Module):
+    """A buyer tower stand-in: the mean of the history's item vectors."""
+
+    def pool(self, vectors, items, weights, mask):  # noqa: ANN001, ANN201
+        picked = vectors[items] * mask[..., None]
+        return picked.sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+
+
+class ExactIndex:
+    """An exact inner-product index with the VectorIndex search signature (scores, ids), best first."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores = queries @ self.vectors.T
+        ids = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, ids, 1), ids
+
+
+def test_ranking_through_an_exact_index_equals_exact_ranking() -> None:
+    events = event_log()
+    vectors = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    ranker = ModelRanker(MeanTower(), vectors, index=ExactIndex(vectors))
+    test = queries(events, TEST)
+    exact = candidates_of(ranker, test, k=2, batch_size=1)
+    through_index = candidates_of(ranker, test, k=2, batch_size=1, use_index=True)
+    for settings in (ScoringSettings(), ScoringSettings(exclude_seen=False, repeat_weight=1.0)):
+        np.testing.assert_array_equal(
+            rank_split(through_index, test, settings, 2, 1), rank_split(exact, test, settings, 2, 1)
+        )

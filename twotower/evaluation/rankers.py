@@ -246,18 +246,20 @@ class ModelRanker:
     def scores(self, batch: Mapping[str, Any]) -> np.ndarray:
         return (self.buyer_vectors(batch) @ self.item_embeddings.T).numpy()
 
-    def candidates(self, batch: Mapping[str, Any], count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Through the index: ``(ids [B, count], scores [B, count], history item scores [B, L])``."""
+    def candidates(
+        self, batch: Mapping[str, Any], count: int, history_items: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Through the index: ``(ids [B, count], scores [B, count], scores of history_items [B, L])``: the
+        ``count`` best by the index, and the exact scores of the given rows (the request's history)."""
         if self.index is None:
             raise RuntimeError(
                 "ModelRanker.candidates needs the bundle's index (load_bundle(load_index=True))"
             )
         vectors = self.buyer_vectors(batch)
         scores, ids = self.index.search(np.ascontiguousarray(vectors.numpy()), count)
-        items, _, mask = history_arrays(batch)
-        rows = torch.from_numpy(np.where(mask, items, 0))
+        rows = torch.from_numpy(np.asarray(history_items, dtype=np.int64))
         history = torch.einsum("bld,bd->bl", self.item_embeddings[rows], vectors).numpy()
-        return np.asarray(ids, np.int64), np.asarray(scores, np.float32), np.where(mask, history, 0.0)
+        return np.asarray(ids, np.int64), np.asarray(scores, np.float32), history
 
     def recommend(self, batch: Mapping[str, Any], k: int) -> np.ndarray:
         return plain_top_k(self, batch, k)

@@ -35,6 +35,7 @@ __all__ = [
     "MethodSpec",
     "Outcome",
     "candidates_of",
+    "choose_served_settings",
     "rank_split",
     "recall_at",
     "tune_and_rank",
@@ -59,7 +60,8 @@ def candidates_of(
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for _, batch, history in queries.batches(batch_size):
         if use_index:
-            ids, scores, hist = ranker.candidates(batch, count)
+            ids, scores, hist = ranker.candidates(batch, count, np.where(history.mask, history.items, 0))
+            hist = np.where(history.mask, hist, 0.0)
         else:
             dense = np.asarray(ranker.scores(batch), dtype=np.float32)
             ids = top_candidates(dense, count)
@@ -250,3 +252,30 @@ def tune_and_rank(
                     candidates, test, choice.settings, max_k, batch_size, repeats["test"]
                 )
     return Outcome(served, rankings, chosen, tuning, index_meta)
+
+
+def choose_served_settings(
+    ranker: Any,
+    val: SplitQueries,
+    grid: Mapping[str, Sequence[Any]] | None,
+    k: int = 10,
+    batch_size: int = 1024,
+) -> tuple[ScoringSettings, dict[str, Any]]:
+    """The scoring settings to serve a (fitted) model with: its best on ``val`` by recall@k over both
+    exclusion settings and the repeat ``grid`` (e.g. at export, to record in the bundle manifest), and the
+    trace (what was tried, for the manifest or a log).
+
+    Example:
+        >>> val = split_queries(dm.events, dm.examples.positions["val"], dm.dataset("val"),  # doctest: +SKIP
+        ...                     np.arange(dm.num_items), dm.max_history, dm.schema.weight_array)
+        >>> settings, trace = choose_served_settings(ModelRanker(tower, embeddings), val, grid)  # doctest: +SKIP
+        >>> manifest["scoring"] = settings.to_dict()  # doctest: +SKIP
+    """
+    spec = MethodSpec("model", lambda params: ranker, repeat_grid=grid)
+    best, trace, _ = tune_method(spec, lambda r: r, val, [True, False], k, batch_size, RepeatCache(val))
+    served = max(best, key=lambda e: (best[e].val_score, e))  # ties: exclude (the service's old default)
+    return best[served].settings, {
+        "metric": f"val recall@{k}",
+        "chosen": best[served].val_score,
+        "grid": trace,
+    }
