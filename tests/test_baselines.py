@@ -198,3 +198,14 @@ def test_repeat_baseline_is_popularity_under_a_repeat_score() -> None:
     np.testing.assert_array_equal(top, [5, 3, 0, 1])
     excluded = rank_dense(popularity.scores(b), history, ScoringSettings(exclude_seen=True), k=3)[0][0]
     np.testing.assert_array_equal(excluded, [0, 1, 2])  # with exclusion: popularity without 3 and 5
+
+
+def test_repeat_knn_blends_the_repeat_score_into_item_knn() -> None:
+    """``repeat_knn``: item-kNN scores plus the repeat score; the weight decides between neighbour and repeat."""
+    knn = ItemKNNRanker(window=None).fit(interactions())
+    b = batch([[4]])
+    history = History(b["history_items"], b["history_mask"], b["history_weights"])
+    plain = rank_dense(knn.scores(b), history, ScoringSettings(exclude_seen=False), k=2)[0][0]
+    assert plain[0] == 5  # 4's only neighbour; 4 itself has no self-similarity
+    blended = ScoringSettings(exclude_seen=False, repeat_weight=2.0, half_life_days=None)
+    np.testing.assert_array_equal(rank_dense(knn.scores(b), history, blended, k=2)[0][0], [4, 5])
