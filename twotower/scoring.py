@@ -138,14 +138,21 @@ class History:
         )
 
 
-def _first_occurrence(history: History) -> tuple[np.ndarray, np.ndarray]:
-    """``same`` bool [B, L, L] (positions holding the same item) and ``first`` bool [B, L]."""
+def _row_keys(items: np.ndarray, span: int) -> np.ndarray:
+    """int64 keys unique per (row, item): set operations on all rows at once, O(n log n) not O(L^2)."""
+    return np.arange(len(items), dtype=np.int64)[:, None] * span + items
+
+
+def _first_occurrence(history: History) -> np.ndarray:
+    """bool [B, L]: the first (leftmost) position of each distinct item of each row."""
     items, mask = history.items, history.mask
-    same = (items[:, :, None] == items[:, None, :]) & mask[:, :, None] & mask[:, None, :]
-    width = items.shape[1]
-    earlier = np.tril(np.ones((width, width), dtype=bool), -1)  # [l, m]: m before l
-    first = mask & ~(same & earlier).any(axis=2)
-    return same, first
+    first = np.zeros(items.size, dtype=bool)
+    if mask.any():
+        flat = np.flatnonzero(mask.ravel())
+        keys = _row_keys(items, int(items[mask].max()) + 1).ravel()[flat]
+        _, position = np.unique(keys, return_index=True)  # the first in row-major order = leftmost
+        first[flat[position]] = True
+    return first.reshape(items.shape)
 
 
 def repeat_scores(history: History, half_life_days: float | None, event_weighted: bool = True) -> np.ndarray:
@@ -162,9 +169,14 @@ def repeat_scores(history: History, half_life_days: float | None, event_weighted
             now = np.where(known, times, -np.inf).max(axis=1)
         age_days = np.where(known, np.maximum(now[:, None] - times, 0.0), 0.0) / SECONDS_PER_DAY
         contribution *= 0.5 ** (age_days / half_life_days)
-    contribution = np.where(history.mask, contribution, 0.0)
-    same, _ = _first_occurrence(history)
-    return np.einsum("blm,bm->bl", same, contribution).astype(np.float32)
+    mask = history.mask
+    out = np.zeros(history.items.shape, dtype=np.float32)
+    if mask.any():
+        keys = _row_keys(history.items, int(history.items[mask].max()) + 1)[mask]
+        _, inverse = np.unique(keys, return_inverse=True)
+        totals = np.bincount(inverse, weights=contribution[mask])  # per (row, item)
+        out[mask] = totals[inverse]
+    return out
 
 
 def top_candidates(scores: np.ndarray | torch.Tensor, count: int) -> np.ndarray:
@@ -208,8 +220,9 @@ def rank_candidates(
             f"candidate ids/scores must be [B, C] and history_scores [B, L] for the history's B={len(items)}; "
             f"got {ids.shape}, {base.shape}, {np.shape(history_scores)}"
         )
-    _, first = _first_occurrence(history)
-    in_history = ((ids[:, :, None] == items[:, None, :]) & mask[:, None, :]).any(axis=2)
+    first = _first_occurrence(history)
+    span = int(max(items[mask].max(initial=0), ids.max(initial=0))) + 1
+    in_history = (ids >= 0) & np.isin(_row_keys(ids, span), _row_keys(items, span)[mask])
     # the pool: each distinct history item once (its exact score), then the candidates not in the history
     pool_ids = np.concatenate([np.where(first, items, -1), np.where(in_history, -1, ids)], axis=1)
     pool = np.concatenate([np.asarray(history_scores, dtype=np.float64), base], axis=1)
