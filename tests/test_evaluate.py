@@ -230,6 +230,7 @@ def test_evaluate_cli_on_a_tiny_bundle(tiny_bundle: Path) -> None:
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     methods = ("model", "popularity", "recent_popularity", "item_knn", "text_only", "repeat", "repeat_knn")
     assert set(metrics) == {*methods, "model_index", "slices", "meta", "other_exclusion", "scoring", "tuning"}
+    assert metrics["meta"]["methods"] == ["model", "model_index", *methods[1:]]  # the table's rows, in order
     served = ScoringSettings.from_dict(
         metrics["scoring"]
     )  # the model's best on val (the bundle records none)

@@ -150,3 +150,9 @@ def test_grid_drops_equivalent_settings_and_choice_prefers_the_first_best() -> N
     scores = {0: 0.1, 1: 0.3, 2: 0.3, 3: 0.2}
     best, trace = choose_settings(grid, lambda s: scores[grid.index(s)])
     assert best == grid[1] and [t["score"] for t in trace] == [0.1, 0.3, 0.3, 0.2]
+
+
+def test_rows_without_known_times_count_without_decay_and_without_warnings() -> None:
+    h = History(np.array([[1, 1], [2, 3]]), np.ones((2, 2), bool), times=np.full((2, 2), np.nan))
+    with np.errstate(all="raise"):
+        np.testing.assert_allclose(repeat_scores(h, 7.0), [[2, 2], [1, 1]])

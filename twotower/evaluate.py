@@ -267,6 +267,7 @@ def evaluate(cfg: DictConfig, overridden: bool = False) -> dict[str, Any]:
         "bundle": str(bundle.path.resolve()),
         "model_version": bundle.version,
         "split": str(cfg.split),
+        "methods": list(rankings[served]),
         "queries": len(test),
         "candidates": num_items,
         "data_events": str(data_cfg.get("events_path")),
@@ -286,12 +287,7 @@ def evaluate(cfg: DictConfig, overridden: bool = False) -> dict[str, Any]:
 
 
 def _flatten(results: dict[str, Any]) -> dict[str, float]:
-    return {
-        f"{m}/{k}": v
-        for m, values in results.items()
-        if m not in ("slices", "meta", "other_exclusion", "tuning", "scoring")
-        for k, v in values.items()
-    }
+    return {f"{m}/{k}": v for m in results["meta"]["methods"] for k, v in results[m].items()}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")

@@ -167,7 +167,9 @@ def repeat_scores(history: History, half_life_days: float | None, event_weighted
             now = np.asarray(history.now, dtype=np.float64)
         else:
             now = np.where(known, times, -np.inf).max(axis=1)
-        age_days = np.where(known, np.maximum(now[:, None] - times, 0.0), 0.0) / SECONDS_PER_DAY
+        with np.errstate(invalid="ignore"):  # rows without any known time: ages masked to 0 below
+            age = np.maximum(now[:, None] - times, 0.0)
+        age_days = np.where(known, age, 0.0) / SECONDS_PER_DAY
         contribution *= 0.5 ** (age_days / half_life_days)
     mask = history.mask
     out = np.zeros(history.items.shape, dtype=np.float32)
