@@ -143,7 +143,9 @@ def check_baselines(cfg: DictConfig) -> None:
                 )
 
 
-def _method_specs(cfg: DictConfig, bundle: Bundle, vectors: np.ndarray, fixed: ScoringSettings | None):
+def _method_specs(
+    cfg: DictConfig, bundle: Bundle, vectors: np.ndarray, fixed: ScoringSettings | None
+) -> list[MethodSpec]:
     """The model first, then the configured baselines (a node set to null is skipped)."""
     index = bundle.index if cfg.use_index else None
     tower = load_buyer_tower(bundle.checkpoint_path)
@@ -192,6 +194,8 @@ def evaluate(cfg: DictConfig, overridden: bool = False) -> dict[str, Any]:
     if not k_values or k_values[0] < 1:
         raise ConfigError(f"k_values must be positive integers; got {list(cfg.k_values)}")
     tune_k = int(cfg.tune_k)
+    if tune_k < 1:
+        raise ConfigError(f"tune_k must be >= 1 (settings are chosen by val recall@tune_k); got {tune_k}")
     check_baselines(cfg)
     bundle = load_bundle(cfg.bundle, load_index=bool(cfg.use_index))
     fixed = served_settings(cfg, bundle.manifest)
