@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from twotower.evaluation import intra_list_diversity
+from twotower.evaluation.report import intra_list_diversity
 from twotower.reranking import BusinessRules, Chain, MaximalMarginalRelevance, Passthrough, RerankContext
 from twotower.serving.buyer_cache import BuyerVectorCache
 from twotower.serving.variants import VariantsConfig

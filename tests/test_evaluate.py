@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 
 from twotower.config import ConfigError
 from twotower.data.catalog import Catalog
-from twotower.evaluate import _check_referenced, catalog_mapping, data_overridden, select_data_config
-from twotower.evaluation import (
+from twotower.evaluate import catalog_mapping, check_referenced, data_overridden, select_data_config
+from twotower.evaluation.report import (
     evaluate_rankings,
     format_table,
     history_length_slices,
@@ -24,6 +24,7 @@ from twotower.evaluation import (
     ranking_metrics,
 )
 from twotower.retrieval.bundle import BundleError
+from twotower.scoring import ScoringSettings
 
 
 @pytest.fixture(scope="session")
@@ -78,11 +79,7 @@ def _cfg(source: str = "auto") -> OmegaConf:
     )
 
 
-RECORDED = {
-    "config": {
-        "data": {"_target_": "twotower.data.datamodule.TwoTowerDataModule", "events_path": "trained.csv"}
-    }
-}
+RECORDED = {"_target_": "twotower.data.datamodule.TwoTowerDataModule", "events_path": "trained.csv"}
 
 
 def test_auto_prefers_the_bundles_data_unless_data_was_overridden() -> None:
@@ -96,13 +93,13 @@ def test_explicit_data_sources() -> None:
     assert select_data_config(_cfg("config"), RECORDED).events_path == "composed.csv"
     assert select_data_config(_cfg("bundle"), RECORDED, overridden=True).events_path == "trained.csv"
     with pytest.raises(ConfigError, match="records no data config"):
-        select_data_config(_cfg("bundle"), {"config": {}})
+        select_data_config(_cfg("bundle"), {})
     with pytest.raises(ConfigError, match="data_source='nope'"):
         select_data_config(_cfg("nope"), RECORDED)
 
 
 def test_auto_falls_back_to_the_composed_data_when_the_bundle_has_none() -> None:
-    assert select_data_config(_cfg(), {"config": {"data": {"max_history": 5}}}).events_path == "composed.csv"
+    assert select_data_config(_cfg(), {"max_history": 5}).events_path == "composed.csv"
 
 
 # -- catalog mapping -----------------------------------------------------------------------------------
@@ -123,9 +120,9 @@ def test_catalog_mapping_resolves_duplicates_through_aliases() -> None:
 def test_products_missing_from_the_bundle_fail_clearly(tmp_path: Path) -> None:
     data = catalog(["a", "b", "c", "d"])
     mapping = catalog_mapping(data, catalog(["a", "b", "c"]))
-    _check_referenced(mapping, np.array([0, 1, 2]), data, tmp_path)  # d is never referenced: fine
+    check_referenced(mapping, np.array([0, 1, 2]), data, tmp_path)  # d is never referenced: fine
     with pytest.raises(BundleError, match=r"1 products .*\['d'\].*twotower.export"):
-        _check_referenced(mapping, np.array([0, 3, 3]), data, tmp_path)
+        check_referenced(mapping, np.array([0, 3, 3]), data, tmp_path)
 
 
 # -- metrics -------------------------------------------------------------------------------------------
@@ -219,15 +216,27 @@ def test_evaluate_cli_on_a_tiny_bundle(tiny_bundle: Path) -> None:
         f"paths.root_dir={root}",
         f"hydra.run.dir={out}",
         "k_values=[1,5,10,20,50]",
+        "use_index=true",
     ]
     done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "not the ANN index" in done.stdout
-    assert done.stdout.count("recall@10") >= 2  # the methods table and the slice table
+    assert "served scoring" in done.stdout and "chosen on val" in done.stdout
+    assert done.stdout.count("recall@10") >= 3  # the methods table, served vs other, the slice tables
 
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    methods = ("model", "popularity", "item_knn", "text_only")
-    assert set(metrics) == {*methods, "slices", "meta"}
+    methods = ("model", "popularity", "recent_popularity", "item_knn", "text_only", "repeat", "repeat_knn")
+    assert set(metrics) == {*methods, "model_index", "slices", "meta", "other_exclusion", "scoring", "tuning"}
+    assert metrics["meta"]["methods"] == ["model", "model_index", *methods[1:]]  # the table's rows, in order
+    served = ScoringSettings.from_dict(
+        metrics["scoring"]
+    )  # the model's best on val (the bundle records none)
+    assert metrics["other_exclusion"]["exclude_seen"] is not served.exclude_seen
+    assert set(metrics["other_exclusion"]) >= {*methods, "slices"}
+    for method in methods:  # every method's choice per exclusion setting, with the grid it came from
+        assert {"exclude_seen=true", "exclude_seen=false", "grid"} <= set(metrics["tuning"][method])
+    assert len(metrics["tuning"]["item_knn"]["grid"]) >= 5
+    # the model through the bundle's exact (flat) index ranks as the exact model does
+    assert metrics["model_index"]["recall@10"] == pytest.approx(metrics["model"]["recall@10"], abs=2e-3)
     for method in methods:
         for k in (1, 5, 10, 20, 50):
             for name in ("recall", "precision", "ndcg", "hit_rate", "coverage"):
@@ -245,3 +254,9 @@ def test_evaluate_cli_on_a_tiny_bundle(tiny_bundle: Path) -> None:
     )
     assert metrics["popularity"]["coverage@10"] == pytest.approx(10 / metrics["meta"]["candidates"])
     assert metrics["model"]["recall@10"] > metrics["popularity"]["recall@10"]
+    # with seen items allowed, the repeat baseline ranks the buyer's own items first
+    allowed = metrics if not served.exclude_seen else metrics["other_exclusion"]
+    assert (
+        allowed["slices"]["repeat"]["repeat"]["recall@10"]
+        > allowed["slices"]["repeat"]["popularity"]["recall@10"]
+    )

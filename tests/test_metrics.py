@@ -1,4 +1,4 @@
-"""Tests for twotower.metrics: chunked top-k and the retrieval metrics."""
+"""Tests for twotower.evaluation.metrics: chunked top-k and the retrieval metrics."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from twotower.metrics import RetrievalMetrics, topk_scores_chunked
+from twotower.evaluation.metrics import RetrievalMetrics, topk_scores_chunked
 
 # ----------------------------------------------------------------------------- topk_scores_chunked
 

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from tests.test_evaluate import tiny_bundle  # noqa: F401  (session fixture: one tiny trained bundle)
-from twotower.baselines import TextOnlyRecommender
 from twotower.data.catalog import load_catalog
 from twotower.data.sample import ensure_sample
-from twotower.evaluation import ModelRecommender
+from twotower.evaluation.rankers import ModelRanker, TextOnlyRanker
 from twotower.model.buyer_tower import load_buyer_tower
 from twotower.retrieval.bundle import load_bundle
 from twotower.text.encoders import UniversalSentenceEncoder
@@ -56,7 +55,7 @@ def test_text_only_buyer_in_one_category_gets_that_category(
     directory = tmp_path_factory.getbasetemp() / "sanity_sample"
     paths = ensure_sample(directory, products=150, buyers=20, seed=0)
     catalog = load_catalog(paths["products"], paths["photos"])
-    recommender = TextOnlyRecommender(encoder.encode(catalog.texts)).fit()
+    recommender = TextOnlyRanker(encoder.encode(catalog.texts)).fit()
     top = recommender.recommend(_category_history(catalog.categories, category), k=10)[0]
     share = np.mean([catalog.categories[i] == category for i in top])
     assert share >= 0.8, [catalog.titles[i] for i in top]
@@ -66,7 +65,7 @@ def test_text_only_buyer_in_one_category_gets_that_category(
 @pytest.mark.parametrize("category", ["jewellery", "electronics"])
 def test_model_buyer_in_one_category_gets_that_category(tiny_bundle: Path, category: str) -> None:  # noqa: F811
     bundle = load_bundle(tiny_bundle, load_index=False)
-    model = ModelRecommender(load_buyer_tower(bundle.checkpoint_path), bundle.embeddings)
+    model = ModelRanker(load_buyer_tower(bundle.checkpoint_path), bundle.embeddings)
     top = model.recommend(_category_history(bundle.catalog.categories, category), k=10)[0]
     share = np.mean([bundle.catalog.categories[i] == category for i in top])
     assert share >= 0.7, [bundle.catalog.titles[i] for i in top]

@@ -1,8 +1,13 @@
 """python -m twotower.evaluate: a bundle's offline metrics beside baselines, on one split of its data.
 
 Every method ranks the same candidate set (the bundle's catalog) for the same queries (the split's next-item
-examples). The model's ranking is exact full-catalog inner product over the bundle's stored embeddings with
-the checkpoint's buyer tower — not the ANN index — so the figures are the model's, not the index's.
+examples). The model scores exactly (full-catalog inner product over the bundle's stored embeddings with the
+checkpoint's buyer tower, not the ANN index; ``use_index=true`` adds a ``model_index`` row through the index).
+Every method's list is then built by the served scoring function (:mod:`twotower.scoring`) under the served
+settings (the bundle's recorded ones, else the model's best on val), so all methods compete under the
+configuration the service uses; the other exclusion setting is reported too. Baseline parameters and repeat
+weights are chosen on the val split (small grids, recorded in metrics.json under ``tuning``).
+The core lives in :mod:`twotower.evaluation`; this module reads the config and the data.
 """
 
 from __future__ import annotations
@@ -18,21 +23,24 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from twotower.assembly import build_text_encoder, metric_value
-from twotower.baselines import Interactions, TextOnlyRecommender
 from twotower.config import ConfigError, validate_config
-from twotower.data.catalog import Catalog
 from twotower.data.datamodule import TwoTowerDataModule
-from twotower.evaluation import ModelRecommender, evaluate_rankings, format_table, history_length_slices
+from twotower.evaluation.queries import catalog_mapping, check_referenced, split_queries
+from twotower.evaluation.rankers import Interactions, ModelRanker
+from twotower.evaluation.report import evaluate_rankings, history_length_slices, report_text
+from twotower.evaluation.tuning import MethodSpec, tune_and_rank
 from twotower.model.buyer_tower import load_buyer_tower
 from twotower.retrieval.bundle import Bundle, BundleError, load_bundle
+from twotower.scoring import MANIFEST_KEY as SCORING_KEY
+from twotower.scoring import ScoringSettings
 from twotower.text.cache import TextFeatureCache
 
 log = logging.getLogger(__name__)
 
-RUNTIME_ARGS = {"baselines.text_only": {"item_vectors"}}
+RUNTIME_ARGS = {"baselines.text_only.ranker": {"item_vectors"}}
+SCORING_SOURCES = ("auto", "bundle", "config", "tune")
 DATA_SOURCES = ("auto", "bundle", "config")
 _DATA_OVERRIDE = re.compile(r"^[+~]*data([./=]|$)")  # data=..., data.x=..., data/...; not data_source=...
 
@@ -42,12 +50,12 @@ def data_overridden(overrides: list[str]) -> bool:
     return any(_DATA_OVERRIDE.match(o) for o in overrides)
 
 
-def select_data_config(cfg: DictConfig, manifest: dict, overridden: bool = False) -> DictConfig:
-    """The data config to evaluate on: the bundle's recorded one, or the composed one (see conf/evaluate.yaml)."""
+def select_data_config(cfg: DictConfig, recorded: dict, overridden: bool = False) -> DictConfig:
+    """The data config to evaluate on: the bundle's recorded one (`Bundle.data_config`), or the composed one
+    (see conf/evaluate.yaml)."""
     source = cfg.get("data_source", "auto")
     if source not in DATA_SOURCES:
         raise ConfigError(f"data_source={source!r} is unknown; use one of {list(DATA_SOURCES)}")
-    recorded = (manifest.get("config") or {}).get("data")
     usable = isinstance(recorded, dict) and "_target_" in recorded
     if source == "bundle" or (source == "auto" and not overridden):
         if usable:
@@ -65,36 +73,9 @@ def select_data_config(cfg: DictConfig, manifest: dict, overridden: bool = False
     return cfg.data
 
 
-def catalog_mapping(data_catalog: Catalog, bundle_catalog: Catalog) -> np.ndarray:
-    """int64 [num data items]: each data-catalog item's row in the bundle (by product id or alias), -1 if absent."""
-    mapping = bundle_catalog.resolve(data_catalog.product_ids)
-    missing = mapping < 0
-    if missing.any():
-        # a duplicate may be canonical under another id in the bundle: try the data catalog's aliases too
-        by_alias: dict[int, int] = {}
-        for alias, index in data_catalog.aliases.items():
-            if missing[index] and alias in bundle_catalog.aliases:
-                by_alias.setdefault(index, bundle_catalog.aliases[alias])
-        for index, row in by_alias.items():
-            mapping[index] = row
-    return mapping
-
-
-def _check_referenced(mapping: np.ndarray, items: np.ndarray, catalog: Catalog, bundle_path: Path) -> None:
-    absent = np.unique(items[mapping[items] < 0])
-    if len(absent):
-        ids = [catalog.product_ids[i] for i in absent[:10]]
-        raise BundleError(
-            f"the evaluation data references {len(absent)} products that the bundle {bundle_path} does not contain "
-            f"(e.g. {ids}); evaluate on the data the bundle was trained on, or re-export the bundle over this "
-            "catalog with `python -m twotower.export`"
-        )
-
-
-def text_vectors(manifest: dict, texts: list[str], cache_dir: str) -> np.ndarray:
-    """The bundle's frozen text encoder (manifest config model.text_encoder) over texts, through the feature cache."""
-    encoder_cfg = ((manifest.get("config") or {}).get("model") or {}).get("text_encoder")
-    if not isinstance(encoder_cfg, dict) or "_target_" not in encoder_cfg:
+def text_vectors(encoder_cfg: dict | None, texts: list[str], cache_dir: str) -> np.ndarray:
+    """The bundle's frozen text encoder (`Bundle.text_encoder_config`) over texts, through the feature cache."""
+    if encoder_cfg is None:
         raise BundleError(
             "the bundle's manifest records no model.text_encoder config, which the text_only baseline and the "
             "diversity metric need; re-export the bundle with `python -m twotower.export`"
@@ -103,26 +84,105 @@ def text_vectors(manifest: dict, texts: list[str], cache_dir: str) -> np.ndarray
     return TextFeatureCache(cache_dir).encode(encoder, texts)
 
 
-def _build_methods(cfg: DictConfig, bundle: Bundle, vectors: np.ndarray) -> dict[str, Any]:
-    methods: dict[str, Any] = {
-        "model": ModelRecommender(load_buyer_tower(bundle.checkpoint_path), bundle.embeddings)
-    }
+def served_settings(cfg: DictConfig, manifest: dict) -> ScoringSettings | None:
+    """The model's scoring settings when they are not to be chosen here: the bundle's recorded ones
+    (``scoring.source=auto|bundle``) or the configured ones (``config``); None = choose on val."""
+    source = cfg.scoring.source
+    if source not in SCORING_SOURCES:
+        raise ConfigError(f"scoring.source={source!r} is unknown; use one of {list(SCORING_SOURCES)}")
+    recorded = manifest.get(SCORING_KEY)
+    if source == "config":
+        return ScoringSettings.from_dict(OmegaConf.to_container(cfg.scoring.settings, resolve=True))
+    if source in ("auto", "bundle") and isinstance(recorded, dict):
+        return ScoringSettings.from_dict(recorded)
+    if source == "bundle":
+        raise ConfigError(
+            f"scoring.source=bundle but the bundle's manifest records no '{SCORING_KEY}' settings; "
+            "use scoring.source=tune (choose them on val here) or re-export the bundle"
+        )
+    return None
+
+
+def _grid(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if node is not None else None
+
+
+def _needs_vectors(node: DictConfig) -> bool:
+    return str(node.ranker.get("_target_", "")).endswith("TextOnlyRanker")
+
+
+def check_baselines(cfg: DictConfig) -> None:
+    """Fail at start-up, not after the data has loaded: every baseline has a ranker and valid grid keys."""
     for name, node in (cfg.get("baselines") or {}).items():
         if node is None:
             continue
-        if name in methods:
-            raise ConfigError(f"baselines.{name}: the name {name!r} is taken by the model")
-        extra = (
-            {"item_vectors": vectors}
-            if node.get("_target_", "").endswith(TextOnlyRecommender.__name__)
-            else {}
+        if name == "model":
+            raise ConfigError("baselines.model: the name 'model' is taken by the model")
+        if not isinstance(node, DictConfig) or "ranker" not in node or "_target_" not in node.ranker:
+            raise ConfigError(
+                f"baselines.{name} needs a 'ranker' node with a _target_ (see conf/evaluate.yaml)"
+            )
+        unknown = set(node) - {"ranker", "grid", "repeat"}
+        if unknown:
+            raise ConfigError(f"baselines.{name}: unknown keys {sorted(unknown)}; use ranker, grid, repeat")
+        ranker = OmegaConf.to_container(node.ranker, resolve=True)
+        provided = {f"baselines.{name}": {"item_vectors"} if _needs_vectors(node) else set()}
+        for params in _grid(node.get("grid")) or [{}]:
+            if not isinstance(params, dict):
+                raise ConfigError(
+                    f"baselines.{name}.grid must be a list of parameter mappings; got {params!r}"
+                )
+            validate_config(OmegaConf.create({"baselines": {name: {**ranker, **params}}}), provided)
+        repeat = _grid(node.get("repeat"))
+        if repeat is not None:
+            bad = set(repeat) - set(ScoringSettings().to_dict())
+            if bad or not all(isinstance(v, list) for v in repeat.values()):
+                raise ConfigError(
+                    f"baselines.{name}.repeat must map scoring fields to lists of values; got {repeat!r}"
+                )
+
+
+def _method_specs(
+    cfg: DictConfig, bundle: Bundle, vectors: np.ndarray, fixed: ScoringSettings | None
+) -> list[MethodSpec]:
+    """The model first, then the configured baselines (a node set to null is skipped)."""
+    index = bundle.index if cfg.use_index else None
+    tower = load_buyer_tower(bundle.checkpoint_path)
+    specs = [
+        MethodSpec(
+            "model",
+            lambda params: ModelRanker(tower, bundle.embeddings, index),
+            repeat_grid=_grid(cfg.scoring.grid),
+            fixed=fixed,
         )
-        methods[str(name)] = instantiate(node, **extra)
-    return methods
+    ]
+    for name, node in (cfg.get("baselines") or {}).items():
+        if node is None:
+            continue
+        extra = {"item_vectors": vectors} if _needs_vectors(node) else {}
+        grid = _grid(node.get("grid")) or [{}]
+
+        def make(params: dict, node=node.ranker, extra=extra) -> Any:
+            return instantiate(node, **params, **extra)
+
+        specs.append(MethodSpec(str(name), make, grid, _grid(node.get("repeat"))))
+    return specs
+
+
+def _interactions(datamodule: TwoTowerDataModule, mapping: np.ndarray, num_items: int) -> Interactions:
+    events, train = datamodule.events, datamodule.examples.train_events
+    return Interactions(
+        buyer=events.buyer[train],
+        item=mapping[events.item[train]],
+        weight=datamodule.schema.weight_array[events.event[train]],
+        num_items=num_items,
+        time=events.timestamp[train] / 1e6,
+    )
 
 
 def evaluate(cfg: DictConfig, overridden: bool = False) -> dict[str, Any]:
-    """Rank the split with the model and every baseline, score, print tables, write metrics.json; return the results.
+    """Tune on val, rank the split with the model and every baseline under the served scoring settings (and
+    the other exclusion setting), score, print tables, write metrics.json; return the results.
 
     ``overridden``: whether the caller changed the data config (then ``data_source=auto`` uses it).
     """
@@ -132,78 +192,96 @@ def evaluate(cfg: DictConfig, overridden: bool = False) -> dict[str, Any]:
     k_values = sorted({int(k) for k in cfg.k_values})
     if not k_values or k_values[0] < 1:
         raise ConfigError(f"k_values must be positive integers; got {list(cfg.k_values)}")
-    bundle = load_bundle(cfg.bundle, load_index=False)
-    data_cfg = select_data_config(cfg, bundle.manifest, overridden)
+    tune_k = int(cfg.tune_k)
+    if tune_k < 1:
+        raise ConfigError(f"tune_k must be >= 1 (settings are chosen by val recall@tune_k); got {tune_k}")
+    check_baselines(cfg)
+    bundle = load_bundle(cfg.bundle, load_index=bool(cfg.use_index))
+    fixed = served_settings(cfg, bundle.manifest)
+    data_cfg = select_data_config(cfg, bundle.data_config, overridden)
     if data_cfg is not cfg.data:  # the composed data config was validated with cfg above
         validate_config(OmegaConf.create({"data": data_cfg}))
     datamodule: TwoTowerDataModule = instantiate(data_cfg)
     datamodule.prepare_data()
     datamodule.setup("test")
-    if cfg.split not in datamodule.examples.positions:
-        raise ConfigError(
-            f"split={cfg.split!r} is unknown; use one of {sorted(datamodule.examples.positions)}"
-        )
+    examples, events = datamodule.examples, datamodule.events
+    for split in (cfg.split, "val"):
+        if split not in examples.positions:
+            raise ConfigError(f"split={split!r} is unknown; use one of {sorted(examples.positions)}")
+        if not len(examples.positions[split]):
+            raise ValueError(
+                f"split {split!r} has no examples (cuts: {examples.cuts}); move data.val_cut/test_cut"
+            )
 
     # Everything below works in the bundle's item order: the candidate set is the bundle's catalog.
-    events, examples = datamodule.events, datamodule.examples
     mapping = catalog_mapping(datamodule.catalog, bundle.catalog)
-    positions = examples.positions[cfg.split]
-    _check_referenced(mapping, events.item, datamodule.catalog, bundle.path)
+    check_referenced(mapping, events.item, datamodule.catalog, bundle.path)
     num_items = len(bundle.catalog)
-    train = examples.train_events
-    interactions = Interactions(
-        buyer=events.buyer[train],
-        item=mapping[events.item[train]],
-        weight=datamodule.schema.weight_array[events.event[train]],
-        num_items=num_items,
-    )
+    interactions = _interactions(datamodule, mapping, num_items)
     item_counts = np.bincount(interactions.item, minlength=num_items).astype(np.float32)
-    vectors = text_vectors(bundle.manifest, bundle.catalog.texts, cfg.text_cache_dir)
-    methods = _build_methods(cfg, bundle, vectors)
-    for method in methods.values():
-        method.fit(interactions)
-
-    if not len(positions):
-        raise ValueError(
-            f"split {cfg.split!r} has no examples (cuts: {examples.cuts}); move data.val_cut/test_cut"
+    vectors = text_vectors(bundle.text_encoder_config, bundle.catalog.texts, cfg.text_cache_dir)
+    specs = _method_specs(cfg, bundle, vectors, fixed)
+    queries = {
+        split: split_queries(
+            events,
+            examples.positions[split],
+            datamodule.dataset(split),
+            mapping,
+            datamodule.max_history,
+            datamodule.schema.weight_array,
         )
-    dataset = datamodule.dataset(cfg.split)
-    max_k = min(k_values[-1], num_items)
-    rankings = {name: np.empty((len(positions), max_k), dtype=np.int64) for name in methods}
-    targets = np.empty(len(positions), dtype=np.int64)
-    repeat = np.empty(len(positions), dtype=bool)  # the target is already in the history input
-    for start in tqdm(range(0, len(positions), cfg.batch_size), desc=f"ranking {cfg.split}", unit="batch"):
-        index = np.arange(start, min(start + cfg.batch_size, len(positions)))
-        batch = {key: value.numpy() for key, value in dataset.__getitems__(index).items()}
-        batch["history_items"] = np.where(batch["history_mask"], mapping[batch["history_items"]], 0)
-        targets[index] = mapping[batch["target"]]
-        repeat[index] = ((batch["history_items"] == targets[index, None]) & batch["history_mask"]).any(axis=1)
-        for name, method in methods.items():
-            rankings[name][index] = method.recommend(batch, max_k)
-
-    history_length = events.history_end[positions] - events.buyer_start[events.buyer[positions]]
-    cold = item_counts[targets] == 0
-    slices = {
-        "warm": ~cold,
-        "cold": cold,
-        "repeat": repeat,
-        "new_item": ~repeat,
-        **history_length_slices(history_length),
+        for split in dict.fromkeys(["val", cfg.split])
     }
-    results = evaluate_rankings(
-        rankings, targets, k_values, num_items, item_counts, vectors, slices, list_k=int(cfg.list_k)
+
+    test = queries[cfg.split]
+    outcome = tune_and_rank(
+        specs,
+        lambda ranker: ranker.fit(interactions),
+        queries["val"],
+        test,
+        fixed,
+        tune_k=tune_k,
+        max_k=min(k_values[-1], num_items),
+        batch_size=int(cfg.batch_size),
+        report_other=bool(cfg.report_other_exclusion),
+        use_index=bool(cfg.use_index),
     )
+    served, rankings = outcome.served, outcome.rankings
+
+    slices = {
+        "warm": item_counts[test.targets] > 0,
+        "cold": item_counts[test.targets] == 0,
+        "repeat": test.repeat,
+        "new_item": ~test.repeat,
+        **history_length_slices(test.history_length),
+    }
+
+    def score(ranked: dict[str, np.ndarray]) -> dict[str, Any]:
+        return evaluate_rankings(
+            ranked, test.targets, k_values, num_items, item_counts, vectors, slices, list_k=int(cfg.list_k)
+        )
+
+    results = score(rankings[served])
+    if cfg.report_other_exclusion:
+        results["other_exclusion"] = {"exclude_seen": not served, **score(rankings[not served])}
+    results["scoring"] = outcome.chosen["model"][served].settings.to_dict()
+    results["tuning"] = outcome.tuning
     results["meta"] = {
         "bundle": str(bundle.path.resolve()),
         "model_version": bundle.version,
         "split": str(cfg.split),
-        "queries": len(positions),
+        "methods": list(rankings[served]),
+        "queries": len(test),
         "candidates": num_items,
         "data_events": str(data_cfg.get("events_path")),
-        "ranking": "exact full-catalog inner product over the bundle embeddings (not the ANN index)",
-        "diversity_space": f"text encoder vectors ({bundle.manifest.get('text_encoder_id')})",
+        "ranking": "exact full-catalog inner product over the bundle embeddings, then the served scoring "
+        "function (twotower.scoring)"
+        + ("; model_index: through the bundle's index" if cfg.use_index else ""),
+        "scoring_source": "bundle/config" if fixed else f"chosen on val (recall@{tune_k})",
+        "diversity_space": f"text encoder vectors ({bundle.text_encoder_id})",
+        **outcome.index_meta,
     }
-    _report(results, k_values, list(methods), int(cfg.list_k))
+    print(report_text(results, k_values, [*rankings[served]], int(cfg.list_k)), flush=True)
     path = Path(cfg.metrics_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -211,37 +289,8 @@ def evaluate(cfg: DictConfig, overridden: bool = False) -> dict[str, Any]:
     return results
 
 
-def _report(results: dict[str, Any], k_values: list[int], methods: list[str], list_k: int) -> None:
-    meta = results["meta"]
-    list_k = min(list_k, k_values[-1])
-    columns = [f"recall@{k}" for k in k_values] + [
-        f"ndcg@{min(10, k_values[-1])}",
-        "mrr",
-        f"coverage@{list_k}",
-        f"diversity@{list_k}",
-        f"novelty@{list_k}",
-    ]
-    k_slice = 10 if 10 in k_values else k_values[-1]
-    slice_rows = {
-        name: {"queries": int(entry["queries"]), **{m: entry[m][f"recall@{k_slice}"] for m in methods}}
-        for name, entry in results["slices"].items()
-    }
-    text = (
-        f"\n{meta['split']} split: {meta['queries']} queries, {meta['candidates']} candidates; {meta['ranking']}\n"
-        + format_table({m: results[m] for m in methods}, columns)
-        + f"\n\nrecall@{k_slice} by slice (warm/cold target; repeat/new_item: target in the history or not; "
-        "history length in events)\n" + format_table(slice_rows, ["queries", *methods], row_title="slice")
-    )
-    print(text, flush=True)
-
-
 def _flatten(results: dict[str, Any]) -> dict[str, float]:
-    return {
-        f"{m}/{k}": v
-        for m, values in results.items()
-        if m not in ("slices", "meta")
-        for k, v in values.items()
-    }
+    return {f"{m}/{k}": v for m in results["meta"]["methods"] for k, v in results[m].items()}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")

@@ -22,7 +22,7 @@ from twotower.reranking import (
     build_reranker,
     rerank_batch,
 )
-from twotower.reranking.offline import RerankedRecommender
+from twotower.reranking.offline import RerankedRanker
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "reranker"
 
@@ -275,7 +275,7 @@ def test_each_config_node_instantiates_and_its_keys_are_the_constructor_argument
 
 
 class _FakeModel:
-    """Ranks by inner product with a fixed buyer vector per query, like ModelRecommender."""
+    """Ranks by inner product with a fixed buyer vector per query, like ModelRanker."""
 
     name = "model"
 
@@ -299,7 +299,7 @@ def test_reranked_recommender_scores_candidates_like_retrieval_and_applies_the_s
     context = RerankContext({"brand": np.array(["a", "a", "b", "c"], dtype=object)}, vectors)
     batch = {"buyers": np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)}
     model = _FakeModel(vectors)
-    reranked = RerankedRecommender(model, BusinessRules(candidates=4, max_per={"brand": 1}), context)
+    reranked = RerankedRanker(model, BusinessRules(candidates=4, max_per={"brand": 1}), context)
     assert reranked.fit().method.fitted and reranked.name == "model+business_rules"
     rows = model.recommend(batch, 4)
     np.testing.assert_allclose(reranked.candidate_scores(batch, rows)[0], [1.0, 0.9, 0.8, 0.0])
@@ -316,7 +316,7 @@ def test_reranked_recommender_uses_rank_scores_for_methods_without_buyer_vectors
             return np.tile(np.arange(k), (2, 1))
 
     context = RerankContext({"brand": np.array(["a", "a", "b", "c"], dtype=object)})
-    reranked = RerankedRecommender(Popular(), BusinessRules(candidates=4, max_per={"brand": 1}), context)
+    reranked = RerankedRanker(Popular(), BusinessRules(candidates=4, max_per={"brand": 1}), context)
     rows = np.array([[0, 1, -1]])
     assert reranked.candidate_scores({}, rows).tolist() == [[1.0, pytest.approx(2 / 3), -np.inf]]
     assert reranked.recommend({}, 2).tolist() == [[0, 2], [0, 2]]

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from twotower.data.catalog import Catalog, Vocabulary
-from twotower.metrics import RetrievalMetrics, topk_scores_chunked
+from twotower.evaluation.metrics import RetrievalMetrics, topk_scores_chunked
 from twotower.model.buyer_tower import BuyerTower
 from twotower.model.item_tower import ItemTower
 from twotower.model.losses import InfoNCELoss, item_log_q, mixed_log_q, sample_negatives

@@ -17,7 +17,7 @@ Example (the intended call sites, once wired):
     >>> reranker.prepare(context)                                     # at load: bad columns fail here
     >>> fetch = reranker.fetch_size(k)                                # retrieve this many, not k
     >>> rows, scores = reranker.rerank(rows, scores, k, context)      # per request, rows best first
-    >>> # offline: RerankedRecommender(model, reranker, context) (offline.py), or rerank_batch(...)
+    >>> # offline: RerankedRanker(model, reranker, context) (offline.py), or rerank_batch(...)
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def rerank_batch(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Re-rank every query of a batch (offline evaluation): ``rows`` int [B, C] and ``scores`` [B, C] ->
     (int64 [B, k], float32 [B, k]); lists left shorter than k are padded with row -1 and score -inf (what
-    `twotower.metrics.RetrievalMetrics.update` treats as empty slots)."""
+    `twotower.evaluation.metrics.RetrievalMetrics.update` treats as empty slots)."""
     rows, scores = np.asarray(rows), np.asarray(scores)
     if rows.ndim != 2 or rows.shape != scores.shape:
         raise ValueError(f"rows and scores must both be [B, C]; got {rows.shape} and {scores.shape}")

@@ -1,6 +1,6 @@
 """The re-ranking stage offline: a ranking method followed by a reranker, as one evaluation method.
 
-`RerankedRecommender` has the `fit(interactions)` / `recommend(batch, k) -> int [B, k]` interface of the
+`RerankedRanker` has the `fit(interactions)` / `recommend(batch, k) -> int [B, k]` interface of the
 methods `twotower.evaluate` ranks with, so the stage's effect on recall@K, ndcg@K, diversity and coverage
 is measured beside the plain model in one run. `reranked_model(bundle, reranker)` builds one for a bundle's
 model and is a `_target_`, so it works today as an extra baseline node, with no change to evaluate:
@@ -9,7 +9,7 @@ Example:
     python -m twotower.evaluate bundle=B \\
       +baselines.model_mmr._target_=twotower.reranking.offline.reranked_model +baselines.model_mmr.bundle=B \\
       +baselines.model_mmr.reranker._target_=twotower.reranking.MaximalMarginalRelevance
-    # once wired (lead): methods[f"model+{reranker.name}"] = RerankedRecommender(methods["model"], reranker,
+    # once wired (lead): methods[f"model+{reranker.name}"] = RerankedRanker(methods["model"], reranker,
     #     RerankContext.from_catalog(bundle.catalog, bundle.embeddings))
 
 Candidate scores: a method with `buyer_vectors(batch)` (the model) is scored by inner product with the item
@@ -27,10 +27,10 @@ import numpy as np
 
 from twotower.reranking.base import RerankContext, Reranker, rerank_batch
 
-__all__ = ["RerankedRecommender", "reranked_model"]
+__all__ = ["RerankedRanker", "reranked_model"]
 
 
-class RerankedRecommender:
+class RerankedRanker:
     """`method`'s top `reranker.fetch_size(k)` per query, reordered by `reranker`, cut to k."""
 
     def __init__(self, method: Any, reranker: Reranker, context: RerankContext) -> None:
@@ -40,7 +40,7 @@ class RerankedRecommender:
         reranker.prepare(context)  # bad columns fail here, before any ranking
         self.name = f"{getattr(method, 'name', 'method')}+{reranker.name}"
 
-    def fit(self, interactions: Any = None) -> RerankedRecommender:
+    def fit(self, interactions: Any = None) -> RerankedRanker:
         self.method.fit(interactions)
         return self
 
@@ -68,15 +68,15 @@ class RerankedRecommender:
 
 def reranked_model(
     bundle: str | Path, reranker: Reranker, extra_columns: Mapping[str, Any] | None = None
-) -> RerankedRecommender:
+) -> RerankedRanker:
     """The bundle's model (exact full-catalog ranking, as `twotower.evaluate` ranks it) followed by `reranker`;
     `extra_columns` adds catalog columns (e.g. price) for business rules."""
     # imported here: evaluation pulls in torch and the model; the reranking core stays numpy-only
-    from twotower.evaluation import ModelRecommender
+    from twotower.evaluation.rankers import ModelRanker
     from twotower.model.buyer_tower import load_buyer_tower
     from twotower.retrieval.bundle import load_bundle
 
     loaded = load_bundle(bundle, load_index=False)
-    model = ModelRecommender(load_buyer_tower(loaded.checkpoint_path), loaded.embeddings)
+    model = ModelRanker(load_buyer_tower(loaded.checkpoint_path), loaded.embeddings)
     context = RerankContext.from_catalog(loaded.catalog, loaded.embeddings, extra=extra_columns)
-    return RerankedRecommender(model, reranker, context)
+    return RerankedRanker(model, reranker, context)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from twotower.metrics import topk_scores_chunked
+from twotower.evaluation.metrics import topk_scores_chunked
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def normalize(embeddings: np.ndarray, what: str = "embeddings") -> np.ndarray:
 def exact_topk(matrix: torch.Tensor, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-``k`` of ``queries [n, d]`` over ``matrix [N, d]`` (any device and dtype).
 
-    The one exact top-k routine of the project (:func:`twotower.metrics.topk_scores_chunked`), run in blocks
+    The one exact top-k routine of the project (:func:`twotower.evaluation.metrics.topk_scores_chunked`), run in blocks
     of queries so that a block's score matrix stays under :data:`SCORE_CHUNK` entries.
     """
     n_items = matrix.shape[0]

@@ -1,10 +1,10 @@
-"""Offline evaluation core: rank with every method, then score the rankings (accuracy, coverage, diversity,
-novelty) overall and per slice. Plain numpy/PyTorch: the Hydra entry point is ``twotower.evaluate``.
+"""Scores of ranked lists (accuracy, coverage, diversity, novelty) overall and per slice, and the text tables.
+Plain numpy/PyTorch: the Hydra entry point is ``twotower.evaluate``.
 
 Definitions (single-target next-item evaluation; every method ranks the same full candidate catalog):
 
 - ``recall@K`` = ``hit_rate@K``: fraction of queries whose target is in the top K; ``precision@K`` = recall@K / K
-  (one relevant item per query); ``ndcg@K`` and ``mrr`` as in :class:`twotower.metrics.RetrievalMetrics`
+  (one relevant item per query); ``ndcg@K`` and ``mrr`` as in :class:`twotower.evaluation.metrics.RetrievalMetrics`
   (``mrr`` counts ranks within the top max(K) only).
 - ``coverage@K``: fraction of the catalog that appears in at least one top-K list.
 - ``diversity@L``: intra-list diversity, the mean over lists of the mean pairwise ``1 - cosine`` among the top L
@@ -17,6 +17,7 @@ Definitions (single-target next-item evaluation; every method ranks the same ful
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,12 +26,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from twotower.metrics import RetrievalMetrics, topk_scores_chunked
+from twotower.evaluation.metrics import RetrievalMetrics
 
 __all__ = [
-    "ModelRecommender",
     "HISTORY_BUCKETS",
     "history_length_slices",
     "intra_list_diversity",
@@ -38,41 +37,11 @@ __all__ = [
     "ranking_metrics",
     "evaluate_rankings",
     "format_table",
+    "report_text",
 ]
 
 # Buyer history-length buckets (events before the target): lower bounds; the last is open-ended.
 HISTORY_BUCKETS: tuple[int, ...] = (1, 2, 5, 10, 20, 50)
-
-
-class ModelRecommender:
-    """The trained model: buyer tower over the bundle's stored item vectors, exact full-catalog top-k.
-
-    Exact inner-product ranking (:func:`topk_scores_chunked`), not the bundle's ANN index, so the numbers are
-    the model's and not the index's approximation of it.
-    """
-
-    name = "model"
-
-    def __init__(self, buyer_tower: nn.Module, item_embeddings: np.ndarray | torch.Tensor) -> None:
-        self.buyer_tower = buyer_tower.eval()
-        self.item_embeddings = torch.as_tensor(np.asarray(item_embeddings, dtype=np.float32))
-
-    def fit(self, interactions: Any = None) -> ModelRecommender:
-        return self  # trained already
-
-    @torch.no_grad()
-    def buyer_vectors(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        items, weights, mask = (
-            torch.as_tensor(np.asarray(batch[key]))
-            for key in ("history_items", "history_weights", "history_mask")
-        )
-        return self.buyer_tower.pool(
-            self.item_embeddings, items.long(), weights.float(), mask.bool()
-        )  # [B, D]
-
-    def recommend(self, batch: Mapping[str, Any], k: int) -> np.ndarray:
-        _, top = topk_scores_chunked(self.buyer_vectors(batch), self.item_embeddings, k)
-        return top.numpy().astype(np.int64)
 
 
 def popularity_percentile(counts: np.ndarray) -> np.ndarray:
@@ -219,3 +188,62 @@ def format_table(
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def report_text(
+    results: Mapping[str, Any], k_values: Sequence[int], methods: Sequence[str], list_k: int
+) -> str:
+    """The tables evaluate prints: served setting (all metrics, slices), the other exclusion setting, choices."""
+    meta = results["meta"]
+    k_values = sorted(k_values)
+    list_k = min(list_k, k_values[-1])
+    k10 = 10 if 10 in k_values else k_values[-1]
+    columns = [f"recall@{k}" for k in k_values] + [
+        f"ndcg@{k10}",
+        "mrr",
+        f"coverage@{list_k}",
+        f"diversity@{list_k}",
+        f"novelty@{list_k}",
+    ]
+    served = results["scoring"]
+    text = (
+        f"\n{meta['split']} split: {meta['queries']} queries, {meta['candidates']} candidates; {meta['ranking']}\n"
+        f"served scoring ({meta.get('scoring_source')}): {served}\n"
+        + format_table({m: results[m] for m in methods}, columns)
+    )
+    entries = [("", results)]
+    if "other_exclusion" in results:
+        entries.append(("other: ", results["other_exclusion"]))
+    summary = {}
+    for m in methods:
+        row: dict[str, float] = {}
+        for label, entry in (("served", results), ("other", results.get("other_exclusion"))):
+            if entry is not None and m in entry:
+                row[f"{label} recall@{k10}"] = entry[m][f"recall@{k10}"]
+                row[f"{label} ndcg@{k10}"] = entry[m][f"ndcg@{k10}"]
+        summary[m] = row
+    if "other_exclusion" in results:
+        other = "excluded" if results["other_exclusion"]["exclude_seen"] else "allowed"
+        text += f"\n\nserved vs the other exclusion setting (seen items {other})\n" + format_table(
+            summary, [c for c in next(iter(summary.values()), {})]
+        )
+    for label, entry in entries:
+        slice_rows = {
+            name: {"queries": int(e["queries"]), **{m: e[m][f"recall@{k10}"] for m in methods if m in e}}
+            for name, e in entry["slices"].items()
+        }
+        text += (
+            f"\n\n{label}recall@{k10} by slice (warm/cold target; repeat/new_item: target in the history "
+            "input or not; history length in events)\n"
+            + format_table(slice_rows, ["queries", *methods], row_title="slice")
+        )
+    choices = {
+        m: {key: json.dumps(value, sort_keys=True) for key, value in entry.items() if key != "grid"}
+        for m, entry in results.get("tuning", {}).items()
+    }
+    if choices:
+        text += "\n\nchosen on val (ranker parameters, scoring settings, val score):"
+        for m, entry in choices.items():
+            for key, value in entry.items():
+                text += f"\n  {m} [{key}]: {value}"
+    return text

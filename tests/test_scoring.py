@@ -1,0 +1,158 @@
+"""The served scoring function on tiny hand-checked data: exclusion, repeat blending, ties, both input paths."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from twotower.scoring import (
+    History,
+    ScoringSettings,
+    choose_settings,
+    rank_candidates,
+    rank_dense,
+    repeat_scores,
+    settings_grid,
+    top_candidates,
+)
+
+DAY = 86_400.0
+SCORES = np.array([[0.9, 0.8, 0.1, 0.0]], dtype=np.float32)
+
+
+def history(items, times_days=None, weights=None, now_days=None) -> History:
+    items = np.array([items])
+    return History(
+        items=items,
+        mask=np.ones(items.shape, dtype=bool),
+        weights=None if weights is None else np.array([weights], dtype=np.float32),
+        times=None if times_days is None else np.array([times_days], dtype=np.float64) * DAY,
+        now=None if now_days is None else np.array([now_days * DAY]),
+    )
+
+
+def test_exclusion_never_returns_history_items_and_pads_with_minus_one() -> None:
+    ids, scores = rank_dense(SCORES, history([0, 2]), ScoringSettings(exclude_seen=True), k=3)
+    np.testing.assert_array_equal(ids, [[1, 3, -1]])  # only two unseen items exist
+    assert np.isneginf(scores[0, 2])
+    # padding positions (mask False) are not history: item 0 below is padding and stays a candidate
+    padded = History(np.array([[0, 2]]), np.array([[False, True]]))
+    np.testing.assert_array_equal(rank_dense(SCORES, padded, ScoringSettings(), k=2)[0], [[0, 1]])
+
+
+def test_without_repeat_weight_the_order_is_the_models() -> None:
+    settings = ScoringSettings(exclude_seen=False, repeat_weight=0.0)
+    np.testing.assert_array_equal(rank_dense(SCORES, history([3, 2]), settings, k=4)[0], [[0, 1, 2, 3]])
+
+
+def test_repeat_score_blends_recency_count_and_event_weight() -> None:
+    # now = day 30: item 2 bought today (r = 1), item 3 bought 30 days ago (half-life 30: r = 0.5)
+    h = history([3, 2], times_days=[0, 30], now_days=30)
+    np.testing.assert_allclose(repeat_scores(h, 30.0), [[0.5, 1.0]])
+    # final = score / top score + w * r / max r:  w = 0.5 -> 0: 1, 1: .889, 2: .111 + .5, 3: 0 + .25
+    small = ScoringSettings(exclude_seen=False, repeat_weight=0.5, half_life_days=30.0)
+    np.testing.assert_array_equal(rank_dense(SCORES, h, small, k=4)[0], [[0, 1, 2, 3]])
+    # w = 2 -> 2: 2.111, 0: 1, 3: 1 (tie with 0: the lower index first), 1: .889
+    large = ScoringSettings(exclude_seen=False, repeat_weight=2.0, half_life_days=30.0)
+    ids, scores = rank_dense(SCORES, h, large, k=4)
+    np.testing.assert_array_equal(ids, [[2, 0, 3, 1]])
+    np.testing.assert_allclose(scores, [[0.1 / 0.9 + 2, 1, 1, 0.8 / 0.9]], rtol=1e-6)
+    # count: item 3 bought twice at the same age doubles its repeat score; no decay: counts only
+    np.testing.assert_allclose(repeat_scores(history([3, 3, 2], [0, 0, 30], now_days=30), 30.0), [[1, 1, 1]])
+    np.testing.assert_allclose(repeat_scores(history([3, 3, 2], [0, 0, 30]), None), [[2, 2, 1]])
+    # event weight: a purchase (10) outweighs a recent view (1), unless event weighting is off
+    weighted = history([3, 2], times_days=[0, 30], weights=[10.0, 1.0], now_days=30)
+    np.testing.assert_allclose(repeat_scores(weighted, 30.0), [[5.0, 1.0]])
+    np.testing.assert_allclose(repeat_scores(weighted, 30.0, event_weighted=False), [[0.5, 1.0]])
+
+
+def test_unknown_times_and_missing_now() -> None:
+    # NaN time: no decay for that event; no `now`: the latest known history time
+    h = history([1, 2], times_days=[np.nan, 10])
+    np.testing.assert_allclose(repeat_scores(h, 1.0), [[1.0, 1.0]])
+    h = history([1, 2], times_days=[9, 10])
+    np.testing.assert_allclose(repeat_scores(h, 1.0), [[0.5, 1.0]])
+
+
+def test_exclusion_wins_over_repeat_weight() -> None:
+    settings = ScoringSettings(exclude_seen=True, repeat_weight=100.0)
+    assert not settings.uses_repeat
+    np.testing.assert_array_equal(rank_dense(SCORES, history([2]), settings, k=2)[0], [[0, 1]])
+
+
+def test_ties_are_deterministic_lowest_index_first() -> None:
+    flat = np.zeros((2, 6), dtype=np.float32)
+    np.testing.assert_array_equal(top_candidates(flat, 3), [[0, 1, 2], [0, 1, 2]])
+    ids = rank_dense(flat, History(np.array([[4], [0]]), np.ones((2, 1), bool)), ScoringSettings(), k=3)[0]
+    np.testing.assert_array_equal(ids, [[0, 1, 2], [1, 2, 3]])
+    scores = np.array([[0.5, 1.0, 0.5, 1.0, 0.5]], dtype=np.float32)
+    np.testing.assert_array_equal(top_candidates(scores, 3), [[0, 1, 3]])  # 1 and 3, then the first 0.5
+
+
+def test_candidate_path_equals_dense_path() -> None:
+    """What /retrieve computes from an index's top candidates equals what evaluate computes from all scores."""
+    rng = np.random.default_rng(0)
+    batch, items, width, k = 64, 40, 6, 5
+    dense = rng.normal(size=(batch, items)).astype(np.float32)
+    dense[:, :5] = np.round(dense[:, :5])  # some exact ties
+    h = History(
+        items=rng.integers(0, items, size=(batch, width)),
+        mask=rng.random((batch, width)) < 0.8,
+        weights=rng.choice([1.0, 5.0, 10.0], size=(batch, width)).astype(np.float32),
+        times=rng.uniform(0, 100, size=(batch, width)) * DAY,
+        now=np.full(batch, 100 * DAY),
+    )
+    history_scores = np.where(h.mask, np.take_along_axis(dense, np.where(h.mask, h.items, 0), 1), 0.0)
+    for settings in settings_grid(
+        ScoringSettings(), {"exclude_seen": [True, False], "repeat_weight": [0.0, 0.3, 5.0]}
+    ):
+        expected = rank_dense(dense, h, settings, k)
+        # an index answer: the k + L best (sorted by score, as FAISS returns them), padded with -1
+        ids = top_candidates(dense, k + width)
+        order = np.argsort(-np.take_along_axis(dense, ids, 1), axis=1, kind="stable")
+        ids = np.take_along_axis(ids, order, 1)
+        scores = np.take_along_axis(dense, ids, 1)
+        ids = np.pad(ids, ((0, 0), (0, 2)), constant_values=-1)
+        scores = np.pad(scores, ((0, 0), (0, 2)), constant_values=-np.inf)
+        got = rank_candidates(ids, scores, h, history_scores, settings, k)
+        np.testing.assert_array_equal(got[0], expected[0], err_msg=str(settings))
+        np.testing.assert_allclose(got[1], expected[1], err_msg=str(settings))
+
+
+def test_history_items_outside_the_candidates_still_get_their_repeat_score() -> None:
+    # the index returned only items 0 and 1; item 3 (score 0) is in the history and repeats strongly
+    ids, scores = np.array([[0, 1]]), np.array([[0.9, 0.8]], dtype=np.float32)
+    settings = ScoringSettings(exclude_seen=False, repeat_weight=2.0, half_life_days=None)
+    got = rank_candidates(ids, scores, history([3]), np.array([[0.0]]), settings, k=3)[0]
+    np.testing.assert_array_equal(got, [[3, 0, 1]])
+
+
+def test_settings_serialize_and_validate() -> None:
+    settings = ScoringSettings(exclude_seen=False, repeat_weight=0.3, half_life_days=30.0)
+    assert ScoringSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
+    with pytest.raises(ValueError, match="unknown scoring settings"):
+        ScoringSettings.from_dict({"exclude": True})
+    with pytest.raises(ValueError, match="repeat_weight"):
+        ScoringSettings(repeat_weight=-1.0)
+    with pytest.raises(ValueError, match="half_life_days"):
+        ScoringSettings(half_life_days=0.0)
+
+
+def test_grid_drops_equivalent_settings_and_choice_prefers_the_first_best() -> None:
+    grid = settings_grid(
+        ScoringSettings(),
+        {"exclude_seen": [True, False], "repeat_weight": [0.0, 1.0], "half_life_days": [7.0, 90.0]},
+    )
+    # excluded: one setting; allowed without repeat: one; allowed with repeat: one per half-life
+    assert len(grid) == 4
+    scores = {0: 0.1, 1: 0.3, 2: 0.3, 3: 0.2}
+    best, trace = choose_settings(grid, lambda s: scores[grid.index(s)])
+    assert best == grid[1] and [t["score"] for t in trace] == [0.1, 0.3, 0.3, 0.2]
+
+
+def test_rows_without_known_times_count_without_decay_and_without_warnings() -> None:
+    h = History(np.array([[1, 1], [2, 3]]), np.ones((2, 2), bool), times=np.full((2, 2), np.nan))
+    with np.errstate(all="raise"):
+        np.testing.assert_allclose(repeat_scores(h, 7.0), [[2, 2], [1, 1]])

@@ -1,0 +1,209 @@
+"""Choosing settings on val and ranking a split under the served scoring function, on a hand-made event log;
+evaluate's start-up checks of the baselines and of the served settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from twotower.config import ConfigError
+from twotower.data.datamodule import HistoryDataset
+from twotower.data.sequences import EventLog
+from twotower.evaluate import check_baselines, served_settings
+from twotower.evaluation.queries import split_queries
+from twotower.evaluation.rankers import Interactions, ModelRanker, PopularityRanker
+from twotower.evaluation.tuning import (
+    MethodSpec,
+    candidates_of,
+    choose_served_settings,
+    rank_split,
+    tune_and_rank,
+)
+from twotower.scoring import ScoringSettings
+
+DAY_US = 86_400 * 1_000_000
+WEIGHTS = np.array([1.0, 5.0, 10.0], dtype=np.float32)  # view, add_to_cart, purchase
+# (buyer, item, day): both buyers bought item 3 before; the val targets (day 10) and test targets (day 20)
+# are item 3 again. Training period (before day 10): item 0 x2, item 3 x2, item 1 x1.
+EVENTS = [
+    (0, 0, 1),
+    (0, 3, 2),
+    (0, 1, 3),
+    (0, 3, 10),
+    (0, 3, 20),
+    (1, 0, 1),
+    (1, 3, 2),
+    (1, 3, 10),
+    (1, 3, 20),
+]
+VAL, TEST = np.array([3, 7]), np.array([4, 8])
+
+
+def event_log() -> EventLog:
+    buyer, item, day = (np.array(column) for column in zip(*EVENTS, strict=True))
+    return EventLog(
+        buyer=buyer.astype(np.int32),
+        item=item.astype(np.int32),
+        event=np.full(len(buyer), 2, dtype=np.int8),
+        timestamp=day.astype(np.int64) * DAY_US,
+        buyer_ids=["a", "b"],
+    )
+
+
+def queries(events: EventLog, positions: np.ndarray):
+    dataset = HistoryDataset(events, positions, 100, WEIGHTS)
+    return split_queries(events, positions, dataset, np.arange(4), 100, WEIGHTS)
+
+
+def test_split_queries_hold_the_served_history_input() -> None:
+    test = queries(event_log(), TEST)
+    np.testing.assert_array_equal(test.targets, [3, 3])
+    assert test.repeat.all()
+    np.testing.assert_array_equal(test.history_length, [4, 3])
+    np.testing.assert_allclose(test.history.now, [20 * 86_400.0] * 2)
+    row = test.history.take(np.array([1]))
+    np.testing.assert_array_equal(row.items[row.mask], [0, 3, 3])  # buyer b: days 1, 2, 10
+    np.testing.assert_allclose(row.weights[row.mask], [10.0] * 3)
+
+
+def test_the_models_best_val_setting_is_served_and_every_method_is_ranked_under_it() -> None:
+    events = event_log()
+    train = events.timestamp < 10 * DAY_US
+    interactions = Interactions(
+        events.buyer[train],
+        events.item[train],
+        WEIGHTS[events.event[train]],
+        4,
+        events.timestamp[train] / 1e6,
+    )
+    repeat_grid = {"repeat_weight": [0.0, 0.5, 5.0], "half_life_days": [30.0]}
+    specs = [
+        MethodSpec("model", lambda params: PopularityRanker(), repeat_grid=repeat_grid),
+        MethodSpec("popularity", lambda params: PopularityRanker()),
+    ]
+    outcome = tune_and_rank(
+        specs,
+        lambda ranker: ranker.fit(interactions),
+        queries(events, VAL),
+        queries(events, TEST),
+        fixed=None,
+        tune_k=1,
+        max_k=3,
+        batch_size=1,
+    )
+    # popularity alone puts item 0 first; the repeat score lifts item 3 (the target) above it on val
+    assert outcome.served is False
+    model = outcome.chosen["model"]
+    assert model[False].settings.repeat_weight == 0.5 and model[False].val_score == 1.0  # first best
+    assert model[True].val_score == 0.0  # excluding seen items removes every target here
+    np.testing.assert_array_equal(outcome.rankings[False]["model"], [[3, 0, 1], [3, 0, 1]])
+    np.testing.assert_array_equal(outcome.rankings[False]["popularity"], [[0, 3, 1], [0, 3, 1]])
+    np.testing.assert_array_equal(
+        outcome.rankings[True]["popularity"], [[2, -1, -1], [1, 2, -1]]
+    )  # seen excluded
+    assert len(outcome.tuning["model"]["grid"]) == 1 + 3  # excluded + three repeat weights
+
+
+def test_recorded_settings_are_served_without_tuning() -> None:
+    events = event_log()
+    interactions = Interactions(events.buyer[:3], events.item[:3], np.ones(3), 4, np.zeros(3))
+    fixed = ScoringSettings(exclude_seen=True)
+    outcome = tune_and_rank(
+        [
+            MethodSpec(
+                "model", lambda params: PopularityRanker(), repeat_grid={"repeat_weight": [5.0]}, fixed=fixed
+            )
+        ],
+        lambda ranker: ranker.fit(interactions),
+        queries(events, VAL),
+        queries(events, TEST),
+        fixed=fixed,
+        tune_k=1,
+        max_k=2,
+        batch_size=8,
+        report_other=False,
+    )
+    assert outcome.served is True and list(outcome.rankings) == [True]
+    assert outcome.chosen["model"][True].settings == fixed
+
+
+def _evaluate_cfg(**baselines) -> OmegaConf:
+    return OmegaConf.create(
+        {
+            "scoring": {"source": "auto", "settings": ScoringSettings().to_dict(), "grid": {}},
+            "baselines": baselines,
+        }
+    )
+
+
+def test_baseline_grids_are_checked_before_the_data_loads() -> None:
+    knn = {"_target_": "twotower.evaluation.knn.ItemKNNRanker"}
+    check_baselines(_evaluate_cfg(item_knn={"ranker": knn, "grid": [{"window": None}]}, text_only=None))
+    with pytest.raises(ConfigError, match="windw"):
+        check_baselines(_evaluate_cfg(item_knn={"ranker": knn, "grid": [{"windw": 5}]}))
+    with pytest.raises(ConfigError, match="needs a 'ranker'"):
+        check_baselines(_evaluate_cfg(item_knn=knn))
+    with pytest.raises(ConfigError, match="scoring fields"):
+        check_baselines(_evaluate_cfg(item_knn={"ranker": knn, "repeat": {"weight": [1.0]}}))
+    with pytest.raises(ConfigError, match="taken by the model"):
+        check_baselines(_evaluate_cfg(model={"ranker": knn}))
+
+
+def test_served_settings_come_from_the_bundle_the_config_or_val() -> None:
+    recorded = {"scoring": {"exclude_seen": False, "repeat_weight": 0.3, "half_life_days": 30.0}}
+    cfg = _evaluate_cfg()
+    assert served_settings(cfg, recorded) == ScoringSettings(False, 0.3, 30.0)
+    assert served_settings(cfg, {}) is None  # auto without recorded settings: choose on val
+    cfg.scoring.source = "tune"
+    assert served_settings(cfg, recorded) is None
+    cfg.scoring.source = "config"
+    assert served_settings(cfg, recorded) == ScoringSettings()
+    cfg.scoring.source = "bundle"
+    with pytest.raises(ConfigError, match="records no 'scoring'"):
+        served_settings(cfg, {})
+
+
+def test_choose_served_settings_for_export() -> None:
+    events = event_log()
+    train = events.timestamp < 10 * DAY_US
+    ranker = PopularityRanker().fit(Interactions(events.buyer[train], events.item[train], np.ones(5), 4))
+    grid = {"repeat_weight": [0.0, 2.0], "half_life_days": [30.0]}
+    settings, trace = choose_served_settings(ranker, queries(events, VAL), grid, k=1)
+    assert settings == ScoringSettings(exclude_seen=False, repeat_weight=2.0, half_life_days=30.0)
+    assert trace["chosen"] == 1.0 and len(trace["grid"]) == 3
+    assert ScoringSettings.from_dict(settings.to_dict()) == settings  # what the manifest records
+
+
+class MeanTower(torch.nn.Module):
+    """A buyer tower stand-in: the mean of the history's item vectors."""
+
+    def pool(self, vectors, items, weights, mask):  # noqa: ANN001, ANN201
+        picked = vectors[items] * mask[..., None]
+        return picked.sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+
+
+class ExactIndex:
+    """An exact inner-product index with the VectorIndex search signature (scores, ids), best first."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores = queries @ self.vectors.T
+        ids = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, ids, 1), ids
+
+
+def test_ranking_through_an_exact_index_equals_exact_ranking() -> None:
+    events = event_log()
+    vectors = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    ranker = ModelRanker(MeanTower(), vectors, index=ExactIndex(vectors))
+    test = queries(events, TEST)
+    exact = candidates_of(ranker, test, k=2, batch_size=1)
+    through_index = candidates_of(ranker, test, k=2, batch_size=1, use_index=True)
+    for settings in (ScoringSettings(), ScoringSettings(exclude_seen=False, repeat_weight=1.0)):
+        np.testing.assert_array_equal(
+            rank_split(through_index, test, settings, 2, 1), rank_split(exact, test, settings, 2, 1)
+        )

@@ -1,0 +1,304 @@
+"""The served scoring function: model scores + the buyer's history -> the ranked top-k list.
+
+One function for offline evaluation (``twotower.evaluate``, every method in its table) and for ``/retrieve``,
+so both rank identically. Plain numpy/torch, no HTTP.
+
+Given a method's scores (a dense ``[B, N]`` matrix, or the index's top candidates plus the exact scores of
+the history items), the list is built as follows:
+
+1. Scores are divided by the query's best score ``|s_top1|`` (a monotone per-query rescaling: without a repeat
+   score it changes no order; with one, it makes ``repeat_weight`` comparable across methods and queries).
+2. ``exclude_seen``: items of the history are never returned.
+3. Otherwise, with ``repeat_weight > 0``, each history item gets ``repeat_weight * r / max(r)`` added, where
+   ``r = sum over its occurrences of event_weight * 0.5 ** (age_days / half_life_days)`` (count, event type
+   and recency in one number; ``max`` over the query's history).
+4. Top k by final score; ties go to the lower item index (deterministic). Slots left empty (exclusion
+   leaves fewer than k items) hold index -1.
+
+Example:
+    >>> import numpy as np
+    >>> history = History(items=np.array([[2, 2]]), mask=np.ones((1, 2), bool))
+    >>> scores = np.array([[0.9, 0.8, 0.1, 0.0]], dtype=np.float32)
+    >>> rank_dense(scores, history, ScoringSettings(exclude_seen=True), k=2)[0].tolist()
+    [[0, 1]]
+    >>> rank_dense(scores, history, ScoringSettings(exclude_seen=False, repeat_weight=1.0), k=2)[0].tolist()
+    [[2, 0]]
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "History",
+    "ScoringSettings",
+    "choose_settings",
+    "rank_candidates",
+    "rank_dense",
+    "repeat_scores",
+    "settings_grid",
+    "top_candidates",
+]
+
+SECONDS_PER_DAY = 86_400.0
+MANIFEST_KEY = "scoring"  # where a bundle manifest records the served settings
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """How a list is built from model scores and the history (chosen on the validation split, see module doc).
+
+    exclude_seen: never return an item of the request's history.
+    repeat_weight: weight of the repeat score added to history items (0 = none; ignored with exclude_seen).
+    half_life_days: recency half-life of the repeat score (None: no decay, counts only).
+    event_weighted: weight each occurrence by its event weight (a purchase counts more than a view).
+    """
+
+    exclude_seen: bool = True
+    repeat_weight: float = 0.0
+    half_life_days: float | None = 90.0
+    event_weighted: bool = True
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.repeat_weight) or self.repeat_weight < 0:
+            raise ValueError(f"scoring.repeat_weight must be a finite number >= 0, got {self.repeat_weight}")
+        if self.half_life_days is not None and not self.half_life_days > 0:
+            raise ValueError(f"scoring.half_life_days must be > 0 or null, got {self.half_life_days}")
+
+    @property
+    def uses_repeat(self) -> bool:
+        return not self.exclude_seen and self.repeat_weight > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; :meth:`from_dict` reads it back (e.g. from a bundle manifest's ``scoring`` entry)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScoringSettings:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown scoring settings {unknown}; known: {sorted(known)}")
+        return cls(**dict(data))
+
+    def describe(self) -> str:
+        if self.exclude_seen:
+            return "exclude seen"
+        if not self.repeat_weight:
+            return "seen allowed, no repeat score"
+        return f"seen allowed, repeat {self.repeat_weight:g} (half-life {self.half_life_days} d)"
+
+
+@dataclass
+class History:
+    """The request's history, right- or left-padded rows ``[B, L]``.
+
+    items: int catalog rows (anything where ``mask`` is False); mask: bool.
+    weights: float event weights (``EventSchema.weight_array[codes]``); None = 1 for every event.
+    times: float epoch seconds (NaN = unknown: no decay); None = all unknown.
+    now: float ``[B]`` epoch seconds of the request (offline: the target's time); None = each row's latest
+    known history time.
+    """
+
+    items: np.ndarray
+    mask: np.ndarray
+    weights: np.ndarray | None = None
+    times: np.ndarray | None = None
+    now: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.items = np.asarray(self.items, dtype=np.int64)
+        self.mask = np.asarray(self.mask, dtype=bool)
+        if self.items.ndim != 2 or self.mask.shape != self.items.shape:
+            raise ValueError(
+                f"history items and mask must both be [B, L]; got {self.items.shape} and {self.mask.shape}"
+            )
+        for name in ("weights", "times"):
+            value = getattr(self, name)
+            if value is not None and np.shape(value) != self.items.shape:
+                raise ValueError(f"history {name} must be [B, L] = {self.items.shape}; got {np.shape(value)}")
+        if self.now is not None and np.shape(self.now) != (len(self.items),):
+            raise ValueError(f"history now must be [B] = [{len(self.items)}]; got {np.shape(self.now)}")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def take(self, rows: np.ndarray | slice) -> History:
+        """The sub-batch of the given rows."""
+        pick = lambda a: None if a is None else a[rows]  # noqa: E731
+        return History(
+            pick(self.items), pick(self.mask), pick(self.weights), pick(self.times), pick(self.now)
+        )
+
+
+def _row_keys(items: np.ndarray, span: int) -> np.ndarray:
+    """int64 keys unique per (row, item): set operations on all rows at once, O(n log n) not O(L^2)."""
+    return np.arange(len(items), dtype=np.int64)[:, None] * span + items
+
+
+def _first_occurrence(history: History) -> np.ndarray:
+    """bool [B, L]: the first (leftmost) position of each distinct item of each row."""
+    items, mask = history.items, history.mask
+    first = np.zeros(items.size, dtype=bool)
+    if mask.any():
+        flat = np.flatnonzero(mask.ravel())
+        keys = _row_keys(items, int(items[mask].max()) + 1).ravel()[flat]
+        _, position = np.unique(keys, return_index=True)  # the first in row-major order = leftmost
+        first[flat[position]] = True
+    return first.reshape(items.shape)
+
+
+def repeat_scores(history: History, half_life_days: float | None, event_weighted: bool = True) -> np.ndarray:
+    """float32 [B, L]: at each position, the decayed, event-weighted count of its item in the history."""
+    contribution = np.ones(history.items.shape, dtype=np.float64)
+    if event_weighted and history.weights is not None:
+        contribution *= history.weights
+    if half_life_days is not None and history.times is not None:
+        times = np.asarray(history.times, dtype=np.float64)
+        known = np.isfinite(times) & history.mask
+        if history.now is not None:
+            now = np.asarray(history.now, dtype=np.float64)
+        else:
+            now = np.where(known, times, -np.inf).max(axis=1)
+        with np.errstate(invalid="ignore"):  # rows without any known time: ages masked to 0 below
+            age = np.maximum(now[:, None] - times, 0.0)
+        age_days = np.where(known, age, 0.0) / SECONDS_PER_DAY
+        contribution *= 0.5 ** (age_days / half_life_days)
+    mask = history.mask
+    out = np.zeros(history.items.shape, dtype=np.float32)
+    if mask.any():
+        keys = _row_keys(history.items, int(history.items[mask].max()) + 1)[mask]
+        _, inverse = np.unique(keys, return_inverse=True)
+        totals = np.bincount(inverse, weights=contribution[mask])  # per (row, item)
+        out[mask] = totals[inverse]
+    return out
+
+
+def top_candidates(scores: np.ndarray | torch.Tensor, count: int) -> np.ndarray:
+    """int64 [B, count]: the ``count`` best items per row by (score desc, index asc), in index order."""
+    if not torch.is_tensor(scores):
+        array = np.asarray(scores, dtype=np.float32)
+        scores = torch.from_numpy(array if array.flags.writeable else array.copy())
+    s = scores
+    s = torch.nan_to_num(s.float(), nan=float("-inf"))
+    count = min(count, s.shape[1])
+    threshold = torch.topk(s, count, dim=1).values[:, -1:]  # [B, 1] the count-th best score
+    above, tied = s > threshold, s == threshold
+    need = count - above.sum(dim=1, keepdim=True)  # tied items to take: the lowest indices
+    take = above | (tied & (tied.cumsum(dim=1) <= need))
+    return take.nonzero()[:, 1].reshape(len(s), count).numpy().astype(np.int64)
+
+
+def rank_candidates(
+    candidate_ids: np.ndarray,
+    candidate_scores: np.ndarray,
+    history: History,
+    history_scores: np.ndarray,
+    settings: ScoringSettings,
+    k: int,
+    repeat: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k ``(ids int64 [B, k], scores float32 [B, k])`` from candidates and the history (see module doc).
+
+    candidate_ids / candidate_scores ``[B, C]``: e.g. an index's answer (-1 = empty slot). Exact results need
+    the ``k + L`` best items (``L`` = history width). history_scores ``[B, L]``: the model's score of each
+    history item (used for history items whether or not they are among the candidates). ``repeat``: a
+    precomputed :func:`repeat_scores` for these settings (saves work when many settings are tried).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    ids = np.asarray(candidate_ids, dtype=np.int64)
+    base = np.asarray(candidate_scores, dtype=np.float64)
+    items, mask = history.items, history.mask
+    if ids.shape != base.shape or len(ids) != len(items) or np.shape(history_scores) != items.shape:
+        raise ValueError(
+            f"candidate ids/scores must be [B, C] and history_scores [B, L] for the history's B={len(items)}; "
+            f"got {ids.shape}, {base.shape}, {np.shape(history_scores)}"
+        )
+    first = _first_occurrence(history)
+    span = int(max(items[mask].max(initial=0), ids.max(initial=0))) + 1
+    in_history = (ids >= 0) & np.isin(_row_keys(ids, span), _row_keys(items, span)[mask])
+    # the pool: each distinct history item once (its exact score), then the candidates not in the history
+    pool_ids = np.concatenate([np.where(first, items, -1), np.where(in_history, -1, ids)], axis=1)
+    pool = np.concatenate([np.asarray(history_scores, dtype=np.float64), base], axis=1)
+    valid = (pool_ids >= 0) & np.isfinite(pool)
+    top1 = np.where(valid, pool, -np.inf).max(axis=1, initial=-np.inf)  # [B]
+    scale = np.where(np.isfinite(top1) & (top1 != 0), np.abs(top1), 1.0)
+    pool = pool / scale[:, None]
+    width = items.shape[1]
+    if settings.exclude_seen:
+        valid[:, :width] = False
+    elif settings.repeat_weight > 0:
+        if repeat is None:
+            repeat = repeat_scores(history, settings.half_life_days, settings.event_weighted)
+        peak = repeat.max(axis=1, initial=0.0)
+        share = np.divide(repeat, peak[:, None], out=np.zeros(repeat.shape), where=peak[:, None] > 0)
+        pool[:, :width] += settings.repeat_weight * share
+    pool = np.where(valid, pool, -np.inf)
+    order = np.lexsort((pool_ids, -pool), axis=1)[:, :k]  # score desc, then index asc
+    top_ids = np.take_along_axis(pool_ids, order, axis=1)
+    top_scores = np.take_along_axis(pool, order, axis=1)
+    top_ids[~np.isfinite(top_scores)] = -1
+    if top_ids.shape[1] < k:  # fewer candidates than k: pad
+        pad = k - top_ids.shape[1]
+        top_ids = np.pad(top_ids, ((0, 0), (0, pad)), constant_values=-1)
+        top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return top_ids, top_scores.astype(np.float32)
+
+
+def history_scores_of(scores: np.ndarray | torch.Tensor, history: History) -> np.ndarray:
+    """float32 [B, L]: the dense scores ``[B, N]`` at the history's items (0 where masked)."""
+    dense = scores.numpy() if torch.is_tensor(scores) else np.asarray(scores)
+    rows = np.where(history.mask, history.items, 0)
+    return np.where(history.mask, np.take_along_axis(dense, rows, axis=1), 0.0).astype(np.float32)
+
+
+def rank_dense(
+    scores: np.ndarray | torch.Tensor, history: History, settings: ScoringSettings, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`rank_candidates` over a dense score matrix ``[B, N]`` (every item is a candidate)."""
+    dense = scores.numpy() if torch.is_tensor(scores) else np.asarray(scores)
+    ids = top_candidates(dense, k + history.items.shape[1])
+    return rank_candidates(
+        ids, np.take_along_axis(dense, ids, axis=1), history, history_scores_of(dense, history), settings, k
+    )
+
+
+def settings_grid(base: ScoringSettings, grid: Mapping[str, Sequence[Any]] | None) -> list[ScoringSettings]:
+    """Every combination of ``grid`` (field -> values) applied to ``base``, without equivalent duplicates
+    (with exclusion or no repeat weight, the repeat fields change nothing)."""
+    grid = dict(grid or {})
+    names = list(grid)
+    out: list[ScoringSettings] = []
+    seen: set[tuple] = set()
+    for values in itertools.product(*(list(grid[n]) for n in names)):
+        settings = replace(base, **dict(zip(names, values, strict=True)))
+        key = (
+            (True,)
+            if settings.exclude_seen
+            else (False, 0.0)
+            if not settings.repeat_weight
+            else tuple(settings.to_dict().values())
+        )
+        if key not in seen:
+            seen.add(key)
+            out.append(settings)
+    return out
+
+
+def choose_settings(
+    candidates: Sequence[ScoringSettings], score: Callable[[ScoringSettings], float]
+) -> tuple[ScoringSettings, list[dict[str, Any]]]:
+    """The settings with the highest ``score`` (e.g. validation recall@10; first wins ties) and the trace."""
+    if not candidates:
+        raise ValueError("choose_settings needs at least one candidate")
+    trace = [{**s.to_dict(), "score": float(score(s))} for s in candidates]
+    best = max(range(len(trace)), key=lambda i: (trace[i]["score"], -i))
+    return candidates[best], trace
