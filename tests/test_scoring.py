@@ -106,7 +106,8 @@ def test_candidate_path_equals_dense_path() -> None:
     )
     history_scores = np.where(h.mask, np.take_along_axis(dense, np.where(h.mask, h.items, 0), 1), 0.0)
     for settings in settings_grid(
-        ScoringSettings(), {"exclude_seen": [True, False], "repeat_weight": [0.0, 0.3, 5.0]}
+        ScoringSettings(),
+        {"exclude_seen": [True, False], "repeat_weight": [0.0, 0.3, 5.0], "max_repeat_items": [None, 0, 2]},
     ):
         expected = rank_dense(dense, h, settings, k)
         # an index answer: the k + L best (sorted by score, as FAISS returns them), padded with -1
@@ -156,3 +157,48 @@ def test_rows_without_known_times_count_without_decay_and_without_warnings() -> 
     h = History(np.array([[1, 1], [2, 3]]), np.ones((2, 2), bool), times=np.full((2, 2), np.nan))
     with np.errstate(all="raise"):
         np.testing.assert_allclose(repeat_scores(h, 7.0), [[2, 2], [1, 1]])
+
+
+def test_max_repeat_items_gives_the_other_slots_to_new_items() -> None:
+    # history 3, 2, 1 all repeat strongly (weight 1000): uncapped they fill the top 3 slots
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4]], dtype=np.float32)
+    h = history([3, 2, 1], times_days=[0, 10, 20], now_days=20)
+    settings = ScoringSettings(exclude_seen=False, repeat_weight=1000.0, half_life_days=10.0)
+    ids = rank_dense(scores, h, settings, k=4)[0]
+    np.testing.assert_array_equal(ids, [[1, 2, 3, 0]])  # newest history first (r = 1, .5, .25), then 0
+    # cap 2: the two best history items (1, 2), then the best new items (0, 4); 3 is dropped
+    capped = ScoringSettings(
+        exclude_seen=False, repeat_weight=1000.0, half_life_days=10.0, max_repeat_items=2
+    )
+    np.testing.assert_array_equal(rank_dense(scores, h, capped, k=4)[0], [[1, 2, 0, 4]])
+    # without a repeat score the cap still applies: model order 0, 1, 2, 3, 4, at most one history item
+    plain = ScoringSettings(exclude_seen=False, max_repeat_items=1)
+    np.testing.assert_array_equal(rank_dense(scores, h, plain, k=4)[0], [[0, 1, 4, 5]])
+    # cap 0 = exclusion; a cap above the history width changes nothing
+    zero = ScoringSettings(exclude_seen=False, repeat_weight=1000.0, max_repeat_items=0)
+    np.testing.assert_array_equal(rank_dense(scores, h, zero, k=3)[0], [[0, 4, 5]])
+    wide = ScoringSettings(exclude_seen=False, repeat_weight=1000.0, half_life_days=10.0, max_repeat_items=7)
+    np.testing.assert_array_equal(rank_dense(scores, h, wide, k=4)[0], ids)
+
+
+def test_max_repeat_items_pads_when_the_catalog_runs_out() -> None:
+    # 4 items, history holds 3 of them, cap 1: one history item + the one new item, then -1
+    h = history([1, 2, 3])
+    capped = ScoringSettings(exclude_seen=False, repeat_weight=1.0, half_life_days=None, max_repeat_items=1)
+    ids, scores = rank_dense(SCORES, h, capped, k=4)
+    np.testing.assert_array_equal(ids[:, :2], [[1, 0]])
+    np.testing.assert_array_equal(ids[:, 2:], [[-1, -1]])
+    assert np.isneginf(scores[0, 2:]).all()
+
+
+def test_max_repeat_items_validates_and_dedupes_in_the_grid() -> None:
+    with pytest.raises(ValueError, match="max_repeat_items"):
+        ScoringSettings(max_repeat_items=-1)
+    with pytest.raises(ValueError, match="max_repeat_items"):
+        ScoringSettings(max_repeat_items=2.5)  # type: ignore[arg-type]
+    grid = settings_grid(
+        ScoringSettings(),
+        {"exclude_seen": [True, False], "repeat_weight": [0.0], "max_repeat_items": [None, 3]},
+    )
+    # exclusion ignores the cap; without a repeat weight the cap still changes the list
+    assert [(s.exclude_seen, s.max_repeat_items) for s in grid] == [(True, None), (False, None), (False, 3)]

@@ -135,6 +135,7 @@ class BundleExporter(BasePredictionWriter):
                 metrics={k: float(v) for k, v in trainer.callback_metrics.items()},
                 counts=datamodule.report.counts(),
                 recall_dataset=held_out_dataset(datamodule),
+                val_dataset=datamodule.dataset("val"),
                 move_latest=False,  # refreshes do not move outputs/latest
             )
 

@@ -52,6 +52,7 @@ def export(cfg: DictConfig) -> Path:
         counts=datamodule.report.counts(),
         embeddings=embeddings,
         recall_dataset=held_out_dataset(datamodule),
+        val_dataset=datamodule.dataset("val"),
     )
 
 

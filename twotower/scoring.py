@@ -12,8 +12,9 @@ the history items), the list is built as follows:
 3. Otherwise, with ``repeat_weight > 0``, each history item gets ``repeat_weight * r / max(r)`` added, where
    ``r = sum over its occurrences of event_weight * 0.5 ** (age_days / half_life_days)`` (count, event type
    and recency in one number; ``max`` over the query's history).
-4. Top k by final score; ties go to the lower item index (deterministic). Slots left empty (exclusion
-   leaves fewer than k items) hold index -1.
+4. Top k by final score; ties go to the lower item index (deterministic). With seen items allowed and
+   ``max_repeat_items = m``, at most m of the k slots go to history items (the best m by final score); the
+   others go to the best new items. Slots left empty (exclusion leaves fewer than k items) hold index -1.
 
 Example:
     >>> import numpy as np
@@ -59,18 +60,25 @@ class ScoringSettings:
     repeat_weight: weight of the repeat score added to history items (0 = none; ignored with exclude_seen).
     half_life_days: recency half-life of the repeat score (None: no decay, counts only).
     event_weighted: weight each occurrence by its event weight (a purchase counts more than a view).
+    max_repeat_items: at most this many history items per list when seen items are allowed (None: no cap).
+        With a global repeat weight, long histories otherwise fill every slot with history items and the
+        new-item recall of repeat-blended lists collapses (experiments/results/qeval.md).
     """
 
     exclude_seen: bool = True
     repeat_weight: float = 0.0
     half_life_days: float | None = 90.0
     event_weighted: bool = True
+    max_repeat_items: int | None = None
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.repeat_weight) or self.repeat_weight < 0:
             raise ValueError(f"scoring.repeat_weight must be a finite number >= 0, got {self.repeat_weight}")
         if self.half_life_days is not None and not self.half_life_days > 0:
             raise ValueError(f"scoring.half_life_days must be > 0 or null, got {self.half_life_days}")
+        cap = self.max_repeat_items
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
+            raise ValueError(f"scoring.max_repeat_items must be an integer >= 0 or null, got {cap!r}")
 
     @property
     def uses_repeat(self) -> bool:
@@ -91,9 +99,10 @@ class ScoringSettings:
     def describe(self) -> str:
         if self.exclude_seen:
             return "exclude seen"
+        cap = "" if self.max_repeat_items is None else f", at most {self.max_repeat_items} seen per list"
         if not self.repeat_weight:
-            return "seen allowed, no repeat score"
-        return f"seen allowed, repeat {self.repeat_weight:g} (half-life {self.half_life_days} d)"
+            return f"seen allowed, no repeat score{cap}"
+        return f"seen allowed, repeat {self.repeat_weight:g} (half-life {self.half_life_days} d){cap}"
 
 
 @dataclass
@@ -242,7 +251,16 @@ def rank_candidates(
         share = np.divide(repeat, peak[:, None], out=np.zeros(repeat.shape), where=peak[:, None] > 0)
         pool[:, :width] += settings.repeat_weight * share
     pool = np.where(valid, pool, -np.inf)
-    order = np.lexsort((pool_ids, -pool), axis=1)[:, :k]  # score desc, then index asc
+    order = np.lexsort((pool_ids, -pool), axis=1)  # score desc, then index asc
+    if not settings.exclude_seen and settings.max_repeat_items is not None:
+        # history items are the first `width` pool columns: keep the best max_repeat_items of them; the others
+        # become invalid and move behind every candidate (their slots go to the best new items)
+        is_history = order < width
+        dropped = is_history & (np.cumsum(is_history, axis=1) > settings.max_repeat_items)
+        rows, _ = np.nonzero(dropped)
+        pool[rows, order[dropped]] = -np.inf
+        order = np.take_along_axis(order, np.argsort(dropped, axis=1, kind="stable"), axis=1)
+    order = order[:, :k]
     top_ids = np.take_along_axis(pool_ids, order, axis=1)
     top_scores = np.take_along_axis(pool, order, axis=1)
     top_ids[~np.isfinite(top_scores)] = -1
@@ -273,7 +291,7 @@ def rank_dense(
 
 def settings_grid(base: ScoringSettings, grid: Mapping[str, Sequence[Any]] | None) -> list[ScoringSettings]:
     """Every combination of ``grid`` (field -> values) applied to ``base``, without equivalent duplicates
-    (with exclusion or no repeat weight, the repeat fields change nothing)."""
+    (with exclusion, the other fields change nothing; without a repeat weight, only ``max_repeat_items``)."""
     grid = dict(grid or {})
     names = list(grid)
     out: list[ScoringSettings] = []
@@ -283,7 +301,7 @@ def settings_grid(base: ScoringSettings, grid: Mapping[str, Sequence[Any]] | Non
         key = (
             (True,)
             if settings.exclude_seen
-            else (False, 0.0)
+            else (False, 0.0, settings.max_repeat_items)
             if not settings.repeat_weight
             else tuple(settings.to_dict().values())
         )

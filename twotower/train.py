@@ -50,6 +50,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                     counts=run.datamodule.report.counts(),
                     embeddings=embeddings,
                     recall_dataset=held_out_dataset(run.datamodule),
+                    val_dataset=run.datamodule.dataset("val"),
                 )
     record_hparams(run, cfg, metrics)
     return metrics

@@ -59,4 +59,4 @@ def test_valid_request_normalizes() -> None:
     first, second = request.recent_interactions
     assert first.product_id == "123" and second.product_id == "p2"
     assert first.epoch() == pytest.approx(1714557600.0) and second.epoch() == pytest.approx(1714557600.0)
-    assert request.k == 10 and request.exclude_seen is True
+    assert request.k == 10 and request.exclude_seen is None  # absent: the bundle's scoring settings

@@ -29,6 +29,8 @@ import pandas as pd
 from twotower.data.catalog import Catalog
 from twotower.data.schema import EventSchema
 from twotower.retrieval.index import VectorIndex
+from twotower.scoring import MANIFEST_KEY as SCORING_KEY
+from twotower.scoring import ScoringSettings
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +147,19 @@ class Bundle:
     def text_encoder_id(self) -> str | None:
         return self.manifest.get("text_encoder_id")
 
+    @property
+    def scoring(self) -> ScoringSettings:
+        """The served scoring settings recorded at export (the defaults for bundles that record none)."""
+        recorded = self.manifest.get(SCORING_KEY)
+        if not isinstance(recorded, dict):
+            return ScoringSettings()
+        try:
+            return ScoringSettings.from_dict(recorded)
+        except (TypeError, ValueError) as error:
+            raise BundleError(
+                f"{self.path}: the manifest's '{SCORING_KEY}' entry is invalid ({error}); re-export the bundle"
+            ) from error
+
 
 def write_bundle(
     directory: str | Path,
@@ -157,8 +172,13 @@ def write_bundle(
     metrics: dict | None = None,
     counts: dict | None = None,
     text_encoder_id: str | None = None,
+    scoring: dict | None = None,
 ) -> Path:
-    """Write a complete bundle atomically: built in a sibling temp dir, then renamed into place."""
+    """Write a complete bundle atomically: built in a sibling temp dir, then renamed into place.
+
+    ``scoring``: manifest entries of the served scoring settings (``twotower.retrieval.export`` writes
+    ``scoring`` and ``scoring_choice``), read back by :attr:`Bundle.scoring`.
+    """
     directory = Path(directory)
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     if embeddings.ndim != 2 or len(embeddings) != len(catalog):
@@ -192,6 +212,7 @@ def write_bundle(
             "metrics": _jsonable(metrics or {}),
             "counts": _jsonable(counts or {}),
             "config": _jsonable(config or {}),
+            **_jsonable(scoring or {}),
             "files": {name: _sha256(staging / name) for name in files},
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")

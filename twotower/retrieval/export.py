@@ -5,13 +5,19 @@
 Every bundle's manifest has one config shape, checked here (:func:`check_manifest_config`): ``config.data``
 (the data config, with its ``_target_``) and ``config.model`` with its ``text_encoder`` node, which
 ``twotower.evaluate`` and ``twotower.serve`` read back through ``Bundle``'s accessors.
+
+The served scoring settings (seen-item exclusion, repeat score, cap; :mod:`twotower.scoring`) are chosen
+here on the validation split with the new item vectors and recorded as ``manifest["scoring"]`` (what
+``/retrieve`` uses by default and ``twotower.evaluate`` ranks every method with), with the val figures of the
+choice under ``manifest["scoring_choice"]``.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +26,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from twotower.data.catalog import Catalog
+from twotower.data.datamodule import HistoryDataset
 from twotower.retrieval.bundle import point_latest, write_bundle
 from twotower.retrieval.index import IndexBuilder
+from twotower.scoring import MANIFEST_KEY as SCORING_KEY
+from twotower.scoring import ScoringSettings
 
 if TYPE_CHECKING:
     from twotower.model.module import TwoTowerModule
@@ -42,15 +51,50 @@ class ExportSettings:
         bundle_dir: the bundle directory to write (replaced atomically).
         latest_link: a symlink switched to each newly exported bundle (``None``: no link).
         recall_queries: held-out buyers whose vectors measure the index's recall@10 against exact search.
+        scoring_default: the scoring settings recorded when none can be chosen (no val examples).
+        scoring_grid: scoring fields -> values tried on val when seen items are allowed (both exclusion
+            settings are always tried); ``None``: exclusion on/off only.
+        scoring_queries: at most this many val queries (seeded sample) choose the settings; 0 = do not
+            choose, record ``scoring_default``.
+        scoring_k: the settings maximize val recall@scoring_k.
     """
 
     bundle_dir: str
     latest_link: str | None = None
     recall_queries: int = 2000
+    scoring_default: Mapping[str, Any] = field(default_factory=dict)
+    scoring_grid: Mapping[str, Any] | None = None
+    scoring_queries: int = 20_000
+    scoring_k: int = 10
+    scoring_seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.recall_queries, bool) or self.recall_queries < 0:
-            raise ValueError(f"exporter.recall_queries must be an integer >= 0, got {self.recall_queries!r}")
+        for name in ("recall_queries", "scoring_queries"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"exporter.{name} must be an integer >= 0, got {value!r}")
+        if self.scoring_k < 1:
+            raise ValueError(f"exporter.scoring_k must be >= 1, got {self.scoring_k}")
+        try:
+            self.default_scoring()
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"exporter.scoring_default: {error}") from error
+        known = set(ScoringSettings().to_dict())
+        grid = self.grid()
+        bad = sorted(set(grid or {}) - known)
+        if bad or not all(isinstance(v, list) and v for v in (grid or {}).values()):
+            raise ValueError(
+                f"exporter.scoring_grid must map scoring fields ({sorted(known)}) to non-empty lists; "
+                f"got {grid!r}"
+            )
+
+    def default_scoring(self) -> ScoringSettings:
+        return ScoringSettings.from_dict(dict(self.scoring_default or {}))
+
+    def grid(self) -> dict[str, list] | None:
+        if self.scoring_grid is None:
+            return None
+        return {str(k): list(v) if not isinstance(v, str) else v for k, v in dict(self.scoring_grid).items()}
 
 
 def model_config_from_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
@@ -111,6 +155,57 @@ def held_out_buyer_vectors(
     return buyers.float().cpu().numpy()
 
 
+def choose_bundle_scoring(
+    module: TwoTowerModule,
+    embeddings: np.ndarray,
+    val_dataset: HistoryDataset | None,
+    settings: ExportSettings,
+) -> dict[str, Any]:
+    """The manifest entries ``scoring`` (the served settings) and ``scoring_choice`` (how they were chosen):
+    the model's best on (a seeded sample of) the val split by recall@k, over both exclusion settings and
+    ``settings.grid()``, ranking exactly over the new item vectors; ``settings.scoring_default`` when there
+    are no val examples (e.g. a new catalog exported without events) or ``scoring_queries=0``."""
+    # imported here: the evaluation package is only needed when a choice is made
+    from twotower.evaluation.queries import split_queries
+    from twotower.evaluation.rankers import ModelRanker
+    from twotower.evaluation.tuning import choose_served_settings
+
+    default = settings.default_scoring()
+    available = 0 if val_dataset is None else len(val_dataset)
+    if not available or settings.scoring_queries == 0:
+        reason = "scoring_queries=0" if available else "no validation examples"
+        log.info("scoring: %s; recording the configured default (%s)", reason, default.describe())
+        return {SCORING_KEY: default.to_dict(), "scoring_choice": {"source": "default", "reason": reason}}
+    assert val_dataset is not None
+    positions = np.asarray(val_dataset.positions, dtype=np.int64)
+    if len(positions) > settings.scoring_queries:
+        rng = np.random.default_rng(settings.scoring_seed)
+        positions = np.sort(rng.choice(positions, settings.scoring_queries, replace=False))
+    events, max_history = val_dataset.events, val_dataset.max_history
+    weights = val_dataset.weights_by_event
+    dataset = HistoryDataset(events, positions, max_history, weights)
+    # the bundle's catalog is the data's: catalog rows are the events' item indices
+    queries = split_queries(events, positions, dataset, np.arange(len(embeddings)), max_history, weights)
+    # a CPU copy: ModelRanker switches its tower to eval mode, and a training run's tower must not change
+    tower = copy.deepcopy(module.buyer_tower).cpu()
+    ranker = ModelRanker(tower, np.asarray(embeddings, dtype=np.float32))
+    chosen, trace = choose_served_settings(ranker, queries, settings.grid(), k=settings.scoring_k)
+    log.info(
+        "scoring: chose %s on %d val queries (%s %.4f)", chosen.describe(), len(queries), trace["metric"],
+        trace["chosen"],
+    )  # fmt: skip
+    return {
+        SCORING_KEY: chosen.to_dict(),
+        "scoring_choice": {
+            "source": "val",
+            "queries": len(queries),
+            "val_queries": available,
+            "seed": settings.scoring_seed,
+            **trace,
+        },
+    }
+
+
 def export_bundle(
     module: TwoTowerModule,
     catalog: Catalog,
@@ -123,6 +218,7 @@ def export_bundle(
     counts: Mapping[str, int] | None = None,
     embeddings: np.ndarray | None = None,
     recall_dataset: Dataset | None = None,
+    val_dataset: HistoryDataset | None = None,
     move_latest: bool = True,
 ) -> Path:
     """Embed ``catalog`` with ``module`` (or take its ``embeddings [N, D]``), index it, write the bundle.
@@ -139,6 +235,8 @@ def export_bundle(
         embeddings: item vectors already computed (e.g. sharded across ranks by the callback); by default
             ``module.embed_catalog()``.
         recall_dataset: held-out examples whose buyer vectors measure the index's recall@10 vs exact.
+        val_dataset: the validation examples that choose the served scoring settings
+            (:func:`choose_bundle_scoring`); None: the configured default is recorded.
         move_latest: switch ``settings.latest_link`` to the new bundle.
 
     Returns the bundle directory.
@@ -161,6 +259,7 @@ def export_bundle(
         queries = held_out_buyer_vectors(module, recall_dataset, vectors, settings.recall_queries)
         if len(queries):
             built.measure_recall(queries, k=10)
+    scoring = choose_bundle_scoring(module, embeddings, val_dataset, settings)
     path = write_bundle(
         settings.bundle_dir,
         embeddings=embeddings,
@@ -171,6 +270,7 @@ def export_bundle(
         metrics={k: float(v) for k, v in (metrics or {}).items() if not k.startswith("train/")},
         counts=dict(counts or {}),
         text_encoder_id=getattr(module.encoder, "id", None),
+        scoring=scoring,
     )
     if move_latest and settings.latest_link:
         point_latest(settings.latest_link, path)

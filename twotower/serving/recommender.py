@@ -1,5 +1,10 @@
 """The serving core, without HTTP: product ids -> buyer vector -> top-k -> catalog-enriched items.
 
+Lists are built by the served scoring function (:func:`twotower.scoring.rank_candidates`, the one
+``twotower.evaluate`` ranks with) under the bundle's recorded scoring settings (``Bundle.scoring``: seen-item
+exclusion, repeat score, cap on history items), from the index's top ``k + L`` candidates and the exact scores
+of the ``L`` history items the buyer tower sees.
+
 Built once from a bundle; everything a request needs is precomputed (id -> row dict, popularity order,
 category/brand -> rows), so a request costs a few dict lookups, one batched buyer-tower call, one batched
 index search and O(k) enrichment. History items use the bundle's stored item embeddings: no text is encoded
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,7 @@ from twotower.data.schema import EVENT_TYPES, normalize_id, normalize_key
 from twotower.model.buyer_tower import BuyerTower, load_buyer_tower
 from twotower.retrieval.bundle import Bundle, load_bundle
 from twotower.retrieval.index import IndexBuilder, VectorIndex
+from twotower.scoring import History, ScoringSettings, rank_candidates
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +47,17 @@ class QueryError(ValueError):
 
 @dataclass
 class Query:
-    """One buyer's request. `event_types` are raw names (any known spelling); `timestamps` are epoch seconds."""
+    """One buyer's request. `event_types` are raw names (any known spelling); `timestamps` are epoch seconds.
+
+    `exclude_seen`: None = the bundle's scoring settings; True/False overrides their exclusion (False keeps
+    their repeat score and cap).
+    """
 
     product_ids: Sequence[str]
     event_types: Sequence[str]
     timestamps: Sequence[float | None] | None = None
     k: int = 10
-    exclude_seen: bool = True
+    exclude_seen: bool | None = None
     categories: Sequence[str] | None = None
     brands: Sequence[str] | None = None
 
@@ -69,10 +79,12 @@ class BuyerVector:
 
 @dataclass
 class _Prepared:
-    rows: np.ndarray  # int64 [L] known history rows, oldest first
-    weights: np.ndarray  # float32 [L]
+    """The history the buyer tower sees (and the scoring function scores): the latest max_history known items."""
+
+    rows: np.ndarray  # int64 [L] known history rows, in request order
+    weights: np.ndarray  # float32 [L] event weights
+    times: np.ndarray  # float64 [L] epoch seconds, NaN = not given (no decay, see twotower.scoring.History)
     unknown: list[str]
-    seen: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -114,6 +126,7 @@ class Recommender:
         self.num_items, self.dim = self.embeddings.shape
         self.schema = bundle.event_schema
         self.weight_by_code = self.schema.weight_array
+        self.scoring: ScoringSettings = bundle.scoring  # chosen on val at export
         self.max_history = int(bundle.data_config.get("max_history") or self.settings.max_interactions)
         self._event_codes: dict[str, int] = {}
         self._aliases = self._matching_ids(catalog.aliases)  # id -> row (duplicates included): O(1)
@@ -201,6 +214,7 @@ class Recommender:
             },
             "aggregation": getattr(self.tower, "aggregation_method", None),
             "max_history": self.max_history,
+            "scoring": self.scoring.to_dict(),
             "event_weights": dict(zip(EVENT_TYPES, self.weight_by_code.tolist(), strict=True)),
             "counts": manifest.get("counts", {}),
             "metrics": manifest.get("metrics", {}),
@@ -225,6 +239,7 @@ class Recommender:
             raise QueryError(f"k must be >= 1, got {query.k}")
         rows: list[int] = []
         codes: list[int] = []
+        times: list[float] = []
         order: list[float] = []
         unknown: list[str] = []
         stamps = query.timestamps
@@ -245,15 +260,38 @@ class Recommender:
             rows.append(row)
             codes.append(code)
             stamp = stamps[i] if stamps is not None else None
+            times.append(np.nan if stamp is None else float(stamp))
             order.append(float(i) if stamp is None else stamp)
         row_arr = np.asarray(rows, dtype=np.int64)
         code_arr = np.asarray(codes, dtype=np.int64)
+        time_arr = np.asarray(times, dtype=np.float64)
         if len(rows) > self.max_history:
             # Keep the most recent max_history, as training did (by timestamp when given, else list order).
             keep = np.sort(np.argsort(np.asarray(order), kind="stable")[-self.max_history :])
-            row_arr, code_arr = row_arr[keep], code_arr[keep]
-        seen = set(rows) if query.exclude_seen else set()
-        return _Prepared(row_arr, self.weight_by_code[code_arr], unknown, seen)
+            row_arr, code_arr, time_arr = row_arr[keep], code_arr[keep], time_arr[keep]
+        return _Prepared(row_arr, self.weight_by_code[code_arr], time_arr, unknown)
+
+    def settings_for(self, query: Query) -> ScoringSettings:
+        """The bundle's scoring settings, with the request's exclusion when it sets one."""
+        if query.exclude_seen is None or query.exclude_seen == self.scoring.exclude_seen:
+            return self.scoring
+        return replace(self.scoring, exclude_seen=bool(query.exclude_seen))
+
+    @staticmethod
+    def _history(prepared: Sequence[_Prepared]) -> History:
+        """The scoring function's history for a batch, left-aligned. "now" is left unset: each row's newest
+        given timestamp. With every time known that ranks as evaluate does with the target's time as "now"
+        (the repeat score is divided by the history's largest, so a decay factor common to all items cancels);
+        without any timestamp nothing decays."""
+        width = max(1, max(len(p.rows) for p in prepared))
+        items = np.zeros((len(prepared), width), dtype=np.int64)
+        weights = np.zeros((len(prepared), width), dtype=np.float32)
+        times = np.full((len(prepared), width), np.nan)
+        mask = np.zeros((len(prepared), width), dtype=bool)
+        for b, p in enumerate(prepared):
+            n = len(p.rows)
+            items[b, :n], weights[b, :n], times[b, :n], mask[b, :n] = p.rows, p.weights, p.times, True
+        return History(items, mask, weights, times)
 
     def _allowed_rows(self, query: Query) -> np.ndarray | None:
         """Sorted rows passing the category/brand filters, or None when the query has no filter."""
@@ -327,83 +365,110 @@ class Recommender:
         if warm:
             vectors = self._buyer_vectors([p for _, _, p in warm])
             allowed = [self._allowed_rows(query) for _, query, _ in warm]
-            unfiltered = [i for i, a in enumerate(allowed) if a is None]
-            if unfiltered:
-                self._search_unfiltered([warm[i] for i in unfiltered], vectors[unfiltered], out)
+            groups: dict[ScoringSettings, list[int]] = {}  # one batched search per scoring setting
+            for i, (_, query, _) in enumerate(warm):
+                if allowed[i] is None:
+                    groups.setdefault(self.settings_for(query), []).append(i)
+            for settings, members in groups.items():
+                self._search_unfiltered([warm[i] for i in members], vectors[members], settings, out)
             for i, (slot, query, p) in enumerate(warm):
                 if allowed[i] is not None:
                     out[slot] = self._search_filtered(query, p, vectors[i], allowed[i])
         return out
 
     # -- search ------------------------------------------------------------------------------------------
-    def _pick(
-        self, scores: np.ndarray, ids: np.ndarray, k: int, seen: set[int], allowed: np.ndarray | None = None
-    ) -> tuple[list[int], list[float]]:
-        rows, kept = [], []
-        for score, row in zip(scores.tolist(), ids.tolist(), strict=True):
-            if row < 0 or row in seen:
-                continue
-            if allowed is not None and not _contains(allowed, row):
-                continue
-            rows.append(row)
-            kept.append(score)
-            if len(rows) == k:
-                break
-        return rows, kept
+    def _rank(
+        self,
+        prepared: Sequence[_Prepared],
+        vectors: np.ndarray,
+        ids: np.ndarray,
+        scores: np.ndarray,
+        settings: ScoringSettings,
+        k: int,
+        allowed: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """int64 [B, k] rows (-1 = none) by the served scoring function, from candidates ``[B, C]`` and the
+        exact scores of the history items (those outside ``allowed`` can never be returned)."""
+        history = self._history(prepared)
+        history_scores = np.einsum("bld,bd->bl", self.embeddings[history.items], vectors)
+        if allowed is not None:
+            history_scores = np.where(np.isin(history.items, allowed), history_scores, -np.inf)
+        history_scores = np.where(history.mask, history_scores, 0.0)
+        return rank_candidates(ids, scores, history, history_scores, settings, k)[0]
+
+    def _reachable(self, p: _Prepared, settings: ScoringSettings) -> int:
+        """How many items a list can hold at most: the catalog less the history items it may not contain."""
+        distinct = len(np.unique(p.rows))
+        if settings.exclude_seen:
+            return self.num_items - distinct
+        if settings.max_repeat_items is not None:
+            return self.num_items - max(0, distinct - settings.max_repeat_items)
+        return self.num_items
 
     def _search_unfiltered(
         self,
         warm: list[tuple[int, Query, _Prepared]],
         vectors: np.ndarray,
+        settings: ScoringSettings,
         out: list[Recommendation | QueryError],
     ) -> None:
-        # One batched search; fetch enough to still have k after dropping seen items and ANN padding.
+        # One batched search of the k + L best (what the scoring function needs to be exact).
         pending = list(range(len(warm)))
-        fetch = max(q.k + len(p.seen) for _, q, p in warm)
+        fetch = max(q.k + len(p.rows) for _, q, p in warm)
         while pending:
             fetch = min(fetch, self.num_items)
             scores, ids = self.index.search(vectors[pending], fetch)
+            k = max(warm[w][1].k for w in pending)
+            top = self._rank([warm[w][2] for w in pending], vectors[pending], ids, scores, settings, k)
             retry = []
             for j, w in enumerate(pending):
                 slot, query, p = warm[w]
-                rows, kept = self._pick(scores[j], ids[j], query.k, p.seen)
-                reachable = self.num_items - len(p.seen)
-                if len(rows) < min(query.k, reachable) and fetch < self.num_items:
+                rows = [r for r in top[j, : query.k].tolist() if r >= 0]
+                if len(rows) < min(query.k, self._reachable(p, settings)) and fetch < self.num_items:
                     retry.append(w)  # an ANN index returned fewer than asked: ask for more
                 else:
-                    out[slot] = self._result(rows, kept, p, None)
+                    out[slot] = self._result(rows, self._scores(rows, vectors[w]), p, None)
             pending, fetch = retry, fetch * 2
 
     def _search_filtered(
         self, query: Query, p: _Prepared, vector: np.ndarray, allowed: np.ndarray
     ) -> Recommendation:
-        need = query.k + len(p.seen)
+        settings = self.settings_for(query)
+        need = query.k + len(p.rows)
+
+        def ranked(ids: np.ndarray, scores: np.ndarray) -> list[int]:
+            top = self._rank([p], vector[None, :], ids[None, :], scores[None, :], settings, query.k, allowed)
+            return [r for r in top[0].tolist() if r >= 0]
+
         if len(allowed) <= self.settings.exact_filter_max or len(allowed) <= need:
             # Small candidate set: exact scores over it guarantee k results and cost O(|allowed| * D).
             scores = self.embeddings[allowed] @ vector  # [|allowed|]
             top = min(len(allowed), need)
             best = np.argpartition(-scores, top - 1)[:top] if top < len(allowed) else np.arange(len(allowed))
-            best = best[np.argsort(-scores[best], kind="stable")]
-            rows, kept = self._pick(scores[best], allowed[best], query.k, p.seen)
-            return self._result(rows, kept, p, None)
+            rows = ranked(allowed[best], scores[best])
+            return self._result(rows, self._scores(rows, vector), p, None)
         # Large candidate set: over-fetch from the index in proportion to how much the filter removes.
         fetch = int(need * self.settings.overfetch * self.num_items / len(allowed)) + 1
         while True:
             fetch = min(fetch, self.num_items)
             scores, ids = self.index.search(vector[None, :], fetch)
-            rows, kept = self._pick(scores[0], ids[0], query.k, p.seen, allowed)
+            ids = np.where(np.isin(ids[0], allowed), ids[0], -1)
+            rows = ranked(ids, scores[0])
             if len(rows) >= query.k or fetch >= self.num_items:
-                return self._result(rows, kept, p, None)
+                return self._result(rows, self._scores(rows, vector), p, None)
             fetch *= 2
+
+    def _scores(self, rows: list[int], vector: np.ndarray) -> list[float]:
+        """The returned items' inner products with the buyer vector (the model's score, before blending)."""
+        return (self.embeddings[rows] @ vector).tolist() if rows else []
 
     def _popular_fallback(self, query: Query, p: _Prepared) -> Recommendation:
         allowed = self._allowed_rows(query)
         if allowed is None:
-            ranked = self._popular[: query.k + len(p.seen)]
+            ranked = self._popular[: query.k]
         else:
-            ranked = allowed[np.argsort(-self._popularity_share[allowed], kind="stable")]
-        rows, kept = self._pick(self._popularity_share[ranked], ranked, query.k, p.seen)
-        return self._result(rows, kept, p, "popular")
+            ranked = allowed[np.argsort(-self._popularity_share[allowed], kind="stable")][: query.k]
+        return self._result(ranked.tolist(), self._popularity_share[ranked].tolist(), p, "popular")
 
     def _result(
         self, rows: list[int], scores: list[float], p: _Prepared, fallback: str | None
@@ -422,8 +487,3 @@ class Recommender:
             for r, s in zip(rows, scores, strict=True)
         ]
         return Recommendation(items, p.unknown, fallback, self.version)
-
-
-def _contains(sorted_rows: np.ndarray, row: int) -> bool:
-    i = int(np.searchsorted(sorted_rows, row))
-    return i < len(sorted_rows) and int(sorted_rows[i]) == row
