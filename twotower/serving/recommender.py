@@ -15,7 +15,7 @@ tables of one immutable object (swapped whole on reload); split, they would pass
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ class Query:
     exclude_seen: bool = True
     categories: Sequence[str] | None = None
     brands: Sequence[str] | None = None
+    cache_key: Hashable | None = None  # set by the service when the buyer-vector cache is on (stages.py)
 
 
 @dataclass
@@ -73,6 +74,7 @@ class _Prepared:
     weights: np.ndarray  # float32 [L]
     unknown: list[str]
     seen: set[int] = field(default_factory=set)
+    cache_key: Hashable | None = None
 
 
 @dataclass
@@ -97,6 +99,10 @@ class RecommenderSettings:
 
 class Recommender:
     """Answers retrieve/encode queries from one loaded bundle; immutable after construction (safe to swap)."""
+
+    # -- service hooks (twotower/serving/stages.py), set right after loading; None = off -----------------
+    stage: Any = None  # second stage (re-ranking): `retrieve` hands queries to stage.retrieve
+    vector_cache: Any = None  # buyer-vector cache: `_buyer_vectors` hands the histories to it
 
     def __init__(
         self, bundle: Bundle, buyer_tower: BuyerTower, settings: RecommenderSettings | None = None
@@ -253,7 +259,7 @@ class Recommender:
             keep = np.sort(np.argsort(np.asarray(order), kind="stable")[-self.max_history :])
             row_arr, code_arr = row_arr[keep], code_arr[keep]
         seen = set(rows) if query.exclude_seen else set()
-        return _Prepared(row_arr, self.weight_by_code[code_arr], unknown, seen)
+        return _Prepared(row_arr, self.weight_by_code[code_arr], unknown, seen, query.cache_key)
 
     def _allowed_rows(self, query: Query) -> np.ndarray | None:
         """Sorted rows passing the category/brand filters, or None when the query has no filter."""
@@ -270,9 +276,14 @@ class Recommender:
         return allowed
 
     # -- model ---------------------------------------------------------------------------------------
-    @torch.inference_mode()
     def _buyer_vectors(self, prepared: Sequence[_Prepared]) -> np.ndarray:
         """Buyer vectors float32 [B, D] for histories that have at least one known item."""
+        if self.vector_cache is not None:  # hook: cached vectors skip the tower
+            return self.vector_cache.vectors(prepared, self._tower_vectors)
+        return self._tower_vectors(prepared)
+
+    @torch.inference_mode()
+    def _tower_vectors(self, prepared: Sequence[_Prepared]) -> np.ndarray:
         length = max(len(p.rows) for p in prepared)
         rows = np.zeros((len(prepared), length), dtype=np.int64)
         weights = np.zeros((len(prepared), length), dtype=np.float32)
@@ -321,8 +332,10 @@ class Recommender:
                 out[slot] = BuyerVector(vector, p.unknown, self.version)
         return out
 
-    def retrieve(self, queries: Sequence[Query]) -> list[Recommendation | QueryError]:
+    def retrieve(self, queries: Sequence[Query], rerank: bool = True) -> list[Recommendation | QueryError]:
         """Top-k recommendations for a batch of queries (errors in place, never raised for one query)."""
+        if rerank and self.stage is not None:  # hook: the second stage widens k, re-ranks, keeps k
+            return self.stage.retrieve(self, queries)
         out, warm = self._prepare_batch(queries, self._popular_fallback)
         if warm:
             vectors = self._buyer_vectors([p for _, _, p in warm])

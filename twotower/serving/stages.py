@@ -1,0 +1,97 @@
+"""What the service plugs into a loaded Recommender: the re-ranking stage and the buyer-vector cache.
+
+Both are attached right after a bundle is loaded (`attach`), before the recommender serves anything, so
+the recommender stays immutable while it serves. The re-ranking context (catalog columns, item vectors,
+the reranker's precomputed masks) is built once per bundle load; a bad column fails the load with the
+column named.
+
+Re-ranking: the stage asks retrieval for `reranker.fetch_size(k)` items (so `exclude_seen`, request filters
+and the popularity fallback all apply to the candidates first), re-ranks them and keeps k. The popularity
+fallback goes through it too, so filters such as `in_stock` hold for cold buyers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from twotower.reranking import Passthrough, RerankContext, Reranker
+from twotower.serving.buyer_cache import BuyerVectorCache
+from twotower.serving.recommender import Query, QueryError, Recommendation, Recommender
+
+__all__ = ["CachedVectors", "RerankStage", "attach"]
+
+
+class RerankStage:
+    """`reranker` over one loaded bundle (its context is built here, once)."""
+
+    def __init__(self, reranker: Reranker, recommender: Recommender) -> None:
+        self.reranker = reranker
+        self.context = RerankContext.from_catalog(recommender.catalog, recommender.embeddings)
+        reranker.prepare(self.context)  # validates the columns the options name: a bad one fails the load
+        self._row_of = {pid: row for row, pid in enumerate(recommender.catalog.product_ids)}
+
+    def retrieve(
+        self, recommender: Recommender, queries: Sequence[Query]
+    ) -> list[Recommendation | QueryError]:
+        limit = recommender.num_items
+        wide = [dataclasses.replace(q, k=min(self.reranker.fetch_size(q.k), limit)) for q in queries]
+        results = recommender.retrieve(wide, rerank=False)
+        return [
+            self._rerank(r, q.k) if isinstance(r, Recommendation) else r
+            for r, q in zip(results, queries, strict=True)
+        ]
+
+    def _rerank(self, result: Recommendation, k: int) -> Recommendation:
+        if not result.items:
+            return result
+        rows = np.fromiter((self._row_of[i["product_id"]] for i in result.items), np.int64, len(result.items))
+        scores = np.fromiter((i["score"] for i in result.items), np.float32, len(result.items))
+        kept, kept_scores = self.reranker.rerank(rows, scores, k, self.context)
+        by_row = dict(zip(rows.tolist(), result.items, strict=True))
+        items = []
+        for row, score in zip(kept.tolist(), kept_scores.tolist(), strict=True):
+            item = by_row[row]
+            item["score"] = score  # boosted score (rules); retrieval score in MMR order (mmr)
+            items.append(item)
+        return dataclasses.replace(result, items=items)
+
+
+class CachedVectors:
+    """The recommender's hook into a BuyerVectorCache: hits skip the tower, misses run in one batch."""
+
+    def __init__(self, cache: BuyerVectorCache) -> None:
+        self.cache = cache
+
+    def vectors(self, prepared: Sequence[Any], compute: Callable[[Sequence[Any]], np.ndarray]) -> np.ndarray:
+        found = [self.cache.get(p.cache_key) for p in prepared]
+        missing = [i for i, v in enumerate(found) if v is None]
+        if not missing:
+            return np.stack(found)
+        computed = compute([prepared[i] for i in missing])
+        if len(missing) == len(prepared):
+            out = computed
+        else:
+            out = np.empty((len(prepared), computed.shape[1]), dtype=np.float32)
+            out[missing] = computed
+            for i, vector in enumerate(found):
+                if vector is not None:
+                    out[i] = vector
+        for i, vector in zip(missing, computed, strict=True):
+            self.cache.put(prepared[i].cache_key, vector)
+        return out
+
+
+def attach(
+    recommender: Recommender, reranker: Reranker | None = None, cache: BuyerVectorCache | None = None
+) -> Recommender:
+    """Plug the re-ranking stage (None or `none` = retrieval order) and the cache into a fresh recommender."""
+    if reranker is not None and not isinstance(reranker, Passthrough):
+        recommender.stage = RerankStage(reranker, recommender)
+        recommender.warm_up()  # the first request must not pay for the stage's lazy parts
+    if cache is not None:
+        recommender.vector_cache = CachedVectors(cache)
+    return recommender
