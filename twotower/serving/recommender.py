@@ -51,6 +51,7 @@ class Query:
     categories: Sequence[str] | None = None
     brands: Sequence[str] | None = None
     cache_key: Hashable | None = None  # set by the service when the buyer-vector cache is on (stages.py)
+    keep: int | None = None  # set by the re-ranking stage: k is its candidates, `keep` the items returned
 
 
 @dataclass
@@ -75,6 +76,7 @@ class _Prepared:
     unknown: list[str]
     seen: set[int] = field(default_factory=set)
     cache_key: Hashable | None = None
+    keep: int | None = None
 
 
 @dataclass
@@ -101,7 +103,7 @@ class Recommender:
     """Answers retrieve/encode queries from one loaded bundle; immutable after construction (safe to swap)."""
 
     # -- service hooks (twotower/serving/stages.py), set right after loading; None = off -----------------
-    stage: Any = None  # second stage (re-ranking): `retrieve` hands queries to stage.retrieve
+    stage: Any = None  # second stage (re-ranking): `retrieve` hands queries to it, `_result` the candidates
     vector_cache: Any = None  # buyer-vector cache: `_buyer_vectors` hands the histories to it
 
     def __init__(
@@ -259,7 +261,7 @@ class Recommender:
             keep = np.sort(np.argsort(np.asarray(order), kind="stable")[-self.max_history :])
             row_arr, code_arr = row_arr[keep], code_arr[keep]
         seen = set(rows) if query.exclude_seen else set()
-        return _Prepared(row_arr, self.weight_by_code[code_arr], unknown, seen, query.cache_key)
+        return _Prepared(row_arr, self.weight_by_code[code_arr], unknown, seen, query.cache_key, query.keep)
 
     def _allowed_rows(self, query: Query) -> np.ndarray | None:
         """Sorted rows passing the category/brand filters, or None when the query has no filter."""
@@ -421,6 +423,8 @@ class Recommender:
     def _result(
         self, rows: list[int], scores: list[float], p: _Prepared, fallback: str | None
     ) -> Recommendation:
+        if p.keep is not None:  # hook: the second stage re-ranks the candidates and keeps p.keep
+            rows, scores = self.stage.finish(rows, scores, p.keep)
         ids, titles, descriptions, brands, categories, photos = self._fields
         items = [
             {

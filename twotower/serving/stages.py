@@ -32,32 +32,23 @@ class RerankStage:
         self.reranker = reranker
         self.context = RerankContext.from_catalog(recommender.catalog, recommender.embeddings)
         reranker.prepare(self.context)  # validates the columns the options name: a bad one fails the load
-        self._row_of = {pid: row for row, pid in enumerate(recommender.catalog.product_ids)}
 
     def retrieve(
         self, recommender: Recommender, queries: Sequence[Query]
     ) -> list[Recommendation | QueryError]:
+        """Retrieve `fetch_size(k)` candidates per query; `_result` hands them to `finish` before enrichment."""
         limit = recommender.num_items
-        wide = [dataclasses.replace(q, k=min(self.reranker.fetch_size(q.k), limit)) for q in queries]
-        results = recommender.retrieve(wide, rerank=False)
-        return [
-            self._rerank(r, q.k) if isinstance(r, Recommendation) else r
-            for r, q in zip(results, queries, strict=True)
-        ]
+        fetch = self.reranker.fetch_size
+        wide = [dataclasses.replace(q, k=min(fetch(q.k), limit), keep=q.k) for q in queries]
+        return recommender.retrieve(wide, rerank=False)
 
-    def _rerank(self, result: Recommendation, k: int) -> Recommendation:
-        if not result.items:
-            return result
-        rows = np.fromiter((self._row_of[i["product_id"]] for i in result.items), np.int64, len(result.items))
-        scores = np.fromiter((i["score"] for i in result.items), np.float32, len(result.items))
-        kept, kept_scores = self.reranker.rerank(rows, scores, k, self.context)
-        by_row = dict(zip(rows.tolist(), result.items, strict=True))
-        items = []
-        for row, score in zip(kept.tolist(), kept_scores.tolist(), strict=True):
-            item = by_row[row]
-            item["score"] = score  # boosted score (rules); retrieval score in MMR order (mmr)
-            items.append(item)
-        return dataclasses.replace(result, items=items)
+    def finish(self, rows: list[int], scores: list[float], k: int) -> tuple[list[int], list[float]]:
+        """Re-rank retrieved candidates (best first) and keep at most k. `score` becomes the boosted score
+        (rules) or stays the retrieval score in the new order (mmr)."""
+        if not rows:
+            return rows, scores
+        kept, kept_scores = self.reranker.rerank(np.asarray(rows), np.asarray(scores), k, self.context)
+        return kept.tolist(), kept_scores.tolist()
 
 
 class CachedVectors:
