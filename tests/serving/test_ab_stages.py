@@ -179,3 +179,23 @@ def test_mmr_at_lambda_one_is_retrieval_order_and_lower_lambda_reorders(tiny_bun
 def test_a_rule_on_a_missing_column_fails_the_load(tiny_bundle: Path) -> None:
     with pytest.raises(ValueError, match="in_stock.*available columns"):
         attach(Recommender.from_bundle(tiny_bundle), BusinessRules(filters={"in_stock": True}))
+
+
+def test_exact_search_over_the_auto_threshold_warns_once(
+    tiny_bundle: Path, make_bundle, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from twotower.retrieval.index import builder
+    from twotower.serving import stages
+
+    monkeypatch.setattr(stages, "_warned", set())
+    assert stages.warn_exact_search(Recommender.from_bundle(tiny_bundle)) is None  # 60 < 10_000
+    monkeypatch.setattr(builder, "AUTO_THRESHOLD", 50)
+    with caplog.at_level("WARNING", logger="twotower.serving.stages"):
+        attach(Recommender.from_bundle(tiny_bundle))
+        attach(Recommender.from_bundle(tiny_bundle))  # the same model again: no second warning
+    warnings = [
+        r.getMessage() for r in caplog.records if "exact flat search over 60 products" in r.getMessage()
+    ]
+    assert len(warnings) == 1 and "index=hnsw" in warnings[0]
+    hnsw = Recommender.from_bundle(make_bundle("tiny-hnsw", index_kind="hnsw"))
+    assert stages.warn_exact_search(hnsw) is None

@@ -13,16 +13,22 @@ fallback goes through it too, so filters such as `in_stock` hold for cold buyers
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from twotower.reranking import Passthrough, RerankContext, Reranker
+from twotower.retrieval.index import builder as index_builder
 from twotower.serving.buyer_cache import BuyerVectorCache
 from twotower.serving.recommender import Query, QueryError, Recommendation, Recommender
 
-__all__ = ["CachedVectors", "RerankStage", "attach"]
+__all__ = ["CachedVectors", "RerankStage", "attach", "warn_exact_search"]
+
+log = logging.getLogger(__name__)
+EXACT_KINDS = ("flat", "torch_exact")
+_warned: set[str] = set()  # model versions already warned about in this process
 
 
 class RerankStage:
@@ -76,10 +82,31 @@ class CachedVectors:
         return out
 
 
+def warn_exact_search(recommender: Recommender) -> str | None:
+    """Warn (once per model version and process) when exact search is served over at least the index auto
+    threshold (`index=auto` would have built hnsw there); returns the message, or None when all is well."""
+    index = recommender.index
+    threshold = int(index.info.get("auto_threshold") or index_builder.AUTO_THRESHOLD)
+    if index.kind not in EXACT_KINDS or recommender.num_items < threshold:
+        return None
+    message = (
+        f"serving exact {index.kind} search over {recommender.num_items} products (model "
+        f"{recommender.version}), at or above the index auto threshold of {threshold}: each query scores "
+        "every product (~15 ms at 100K x 384 on 2 cores). Export with index=auto or index=hnsw, or serve "
+        "with recommender.index=hnsw to rebuild the index at load."
+    )
+    if recommender.version not in _warned:
+        _warned.add(recommender.version)
+        log.warning(message)
+    return message
+
+
 def attach(
     recommender: Recommender, reranker: Reranker | None = None, cache: BuyerVectorCache | None = None
 ) -> Recommender:
-    """Plug the re-ranking stage (None or `none` = retrieval order) and the cache into a fresh recommender."""
+    """Plug the re-ranking stage (None or `none` = retrieval order) and the cache into a fresh recommender
+    (and warn if it serves exact search over a large catalog)."""
+    warn_exact_search(recommender)
     if reranker is not None and not isinstance(reranker, Passthrough):
         recommender.stage = RerankStage(reranker, recommender)
         recommender.warm_up()  # the first request must not pay for the stage's lazy parts
