@@ -23,6 +23,11 @@ def body(buyer: str | None = None, **extra: object) -> dict:
     return payload if buyer is None else {**payload, "buyer_id": buyer}
 
 
+def encodable(buyer: str, **extra: object) -> dict:
+    """A body both /retrieve and /encode_buyer accept (no k)."""
+    return {k: v for k, v in body(buyer, **extra).items() if k != "k"}
+
+
 @pytest.fixture(scope="module")
 def bundles(make_bundle) -> dict[str, Path]:
     return {"control": make_bundle("tiny"), "treatment": make_bundle("second", seed=1)}
@@ -119,3 +124,22 @@ def test_reload_of_one_variant_leaves_the_other_untouched(ab_server: LiveServer,
     assert requests.post(
         f"{ab_server.url}/admin/reload", json={"variant": "treatment"}, timeout=30
     ).status_code in (401, 403)
+
+
+def test_odd_variant_values_are_4xx_never_5xx(ab_server: LiveServer) -> None:
+    admin = {"X-API-Key": ADMIN}
+    odd: list[object] = ["", "x" * 65, "كنترول", "control\x00", 1, 1.5, True, [], {}, ["control"]]
+    with requests.Session() as session:
+        for value in odd:
+            for path, headers in (
+                ("/retrieve", HEADERS),
+                ("/encode_buyer", HEADERS),
+                ("/admin/reload", admin),
+            ):
+                payload = {"variant": value} if path == "/admin/reload" else encodable("b", variant=value)
+                response = session.post(f"{ab_server.url}{path}", json=payload, headers=headers, timeout=30)
+                assert response.status_code == 422, (path, value, response.status_code, response.text)
+        for path in ("/retrieve", "/encode_buyer"):  # null = not given
+            assert session.post(
+                f"{ab_server.url}{path}", json=encodable("b", variant=None), headers=HEADERS
+            ).ok

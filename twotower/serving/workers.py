@@ -13,6 +13,9 @@ A/B variants: each worker holds one Recommender per variant (`recommenders`, swa
 routed by `VariantsConfig.assign` (buyer hash, or the request's `variant`), a batch is split per variant,
 and every response names its variant (body and X-Twotower-Variant header, which /metrics labels by).
 A reload names one variant; the others keep their recommenders.
+
+Over 300 lines on purpose: setup, the reload watcher, routing and encoding all read and swap the same
+per-worker state (recommenders, resolved paths, generation, cache); the batching loop lives in batching.py.
 """
 
 # no `from __future__ import annotations`: LitServe reads decode_request's annotation as a class
@@ -23,18 +26,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from queue import Empty
 from typing import Any
 
 import litserve as ls
 import orjson
 from fastapi import Depends, Response
-from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError, collate_requests
-from litserve.loops.simple_loops import BatchedLoop
-from litserve.utils import LitAPIStatus, LoopResponseType
 
 from twotower.reranking import Reranker
 from twotower.serving.auth import API_KEY_HEADER, require_client
+from twotower.serving.batching import IdleBlockingBatchedLoop
 from twotower.serving.buyer_cache import BuyerVectorCache
 from twotower.serving.recommender import (
     BuyerVector,
@@ -80,55 +80,6 @@ class _Routed:
 class _Answer:
     variant: str
     result: Any
-
-
-class _Prepend:
-    """A queue view that yields `first` before the queue's own items (for collate_requests)."""
-
-    def __init__(self, first: Any, queue: Any) -> None:
-        self.first, self.queue = first, queue
-
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        if self.first is not None:
-            item, self.first = self.first, None
-            return item
-        return self.queue.get(block=block, timeout=timeout)
-
-    def get_nowait(self) -> Any:
-        return self.get(block=False)
-
-
-class IdleBlockingBatchedLoop(BatchedLoop):
-    """LitServe's batched loop, except that it blocks while the queue is empty.
-
-    LitServe's `collate_requests` asks the (manager-process) queue for an item every millisecond even when
-    no request arrives, which costs an idle server a fifth of a core. This loop first waits up to 1 s for one
-    request (no CPU), then lets LitServe's own `collate_requests` fill the batch within `batch_timeout`.
-    """
-
-    def get_batch_requests(self, lit_api: ls.LitAPI, request_queue: Any, transport: Any) -> tuple[list, list]:
-        try:
-            first = request_queue.get(timeout=1.0)
-        except Empty:
-            return [], []
-        queue = _Prepend(first, request_queue)
-        payloads, timed_out = collate_requests(self, lit_api, queue, transport)
-        if queue.first is not None:
-            # collate_requests skips its loop when batch_timeout has already passed on entry (a busy machine
-            # can deschedule it for longer than 1 ms) and returns without taking `first`: take it here the
-            # way it would, or that request would never be answered.
-            if first == _SENTINEL_VALUE:
-                raise _StopLoopError()
-            response_queue_id, uid, timestamp, x_enc = first
-            self.put_response(
-                transport, response_queue_id, uid, (), LitAPIStatus.START, LoopResponseType.REGULAR
-            )
-            timeout = lit_api.request_timeout
-            if timeout not in (-1, False, None) and time.monotonic() - timestamp > timeout:
-                timed_out.append((response_queue_id, uid))
-            else:
-                payloads.append((response_queue_id, uid, x_enc))
-        return payloads, timed_out
 
 
 class _BundleAPI(ls.LitAPI):
