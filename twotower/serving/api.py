@@ -95,7 +95,7 @@ def build_server(
     }
     apis = [
         RetrieveAPI(variants, recommender, coordinator, **options),
-        EncodeBuyerAPI(variants, recommender, coordinator, **options),
+        EncodeBuyerAPI(variants, recommender, coordinator, **{**options, "reranker": None}),  # vectors only
     ]
     middlewares: list = []
     if server.cors_origins:
