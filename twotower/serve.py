@@ -1,5 +1,10 @@
 """python -m twotower.serve [bundle=PATH] [host=...] [port=...]: the HTTP service over a bundle (LitServe).
 
+A/B variants (`variants: {control: {bundle: PATH, share: 0.9}, treatment: {...}}`, `variants_salt`) serve
+several bundles side by side; a plain `bundle=` is a single control. `reranker=` picks the second stage
+(conf/reranker/), `buyer_cache` the per-worker buyer-vector cache. Everything is checked here, before any
+process starts, with errors that name the variant or option at fault.
+
 Shutdown: SIGTERM or SIGINT to this (main) process stops every child - front ends, inference workers,
 managers - within 10 s and frees the port. LitServe handles only KeyboardInterrupt and waits up to 30 s per
 front end, and a SIGTERM killed the main process alone (its children stayed, holding the port), so the first
@@ -19,10 +24,12 @@ from collections.abc import Iterator
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from twotower.config import validate_config
+from twotower.config import ConfigError, validate_config
 from twotower.retrieval.bundle import BundleError, load_bundle
+from twotower.serving.buyer_cache import BuyerVectorCache
+from twotower.serving.variants import VariantsConfig
 
 log = logging.getLogger(__name__)
 HARD_STOP_AFTER = 8.0  # seconds from the first signal to SIGKILL of any child still alive
@@ -78,26 +85,76 @@ def _signals_to_shutdown() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def parse_variants(cfg: DictConfig) -> VariantsConfig:
+    """The variants to serve: `variants` when given (it wins over `bundle`, which always has a default),
+    else `bundle` as a single control. Raises ConfigError naming what is wrong."""
+    raw = cfg.get("variants")
+    variants = OmegaConf.to_container(raw, resolve=True) if isinstance(raw, DictConfig) else raw
+    try:
+        return VariantsConfig.parse(
+            variants, bundle=cfg.get("bundle"), salt=str(cfg.get("variants_salt") or "")
+        )
+    except ValueError as error:
+        raise ConfigError(f"variants: {error}") from None
+
+
+def buyer_cache_options(cfg: DictConfig) -> dict | None:
+    """BuyerVectorCache options from `buyer_cache` (null = off), checked by building one."""
+    raw = cfg.get("buyer_cache")
+    if raw is None or raw is False:
+        return None
+    options = OmegaConf.to_container(raw, resolve=True) if isinstance(raw, DictConfig) else raw
+    if not isinstance(options, dict) or set(options) - {"max_entries", "ttl_s"}:
+        raise ConfigError(
+            f"buyer_cache must be null or {{max_entries: N, ttl_s: SECONDS|null}}; got {options!r}"
+        )
+    try:
+        BuyerVectorCache(**options)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return options
+
+
 def serve(cfg: DictConfig) -> None:
-    """Check the bundle, build the server and run it until SIGTERM/SIGINT."""
+    """Check the bundles, build the server and run it until SIGTERM/SIGINT."""
     from twotower.serving import api, schemas
 
     validate_config(cfg)
     server_settings = instantiate(cfg.server)
     recommender_settings = instantiate(cfg.recommender)
+    variants = parse_variants(cfg)
+    reranker = instantiate(cfg.reranker) if cfg.get("reranker") is not None else None
+    cache = buyer_cache_options(cfg)
     # Fail here, with the bundle's own message, rather than in a worker process.
-    bundle = load_bundle(cfg.bundle, load_index=False, verify_checksums=False)
-    manifest = bundle.manifest
-    schemas.configure_event_schema(bundle.event_schema)
+    bundles = {}
+    for variant in variants:
+        try:
+            bundles[variant.name] = load_bundle(variant.bundle, load_index=False, verify_checksums=False)
+        except BundleError as error:
+            raise BundleError(f"variant {variant.name!r}: {error}") from None
+    control = bundles[variants.control]
+    manifest = control.manifest
+    schemas.configure_event_schema(control.event_schema)
+    schemas.configure_variants(variants.names)
     metadata = {
         k: manifest.get(k) for k in ("model_version", "created_at", "text_encoder_id", "num_products")
     }
     with _signals_to_shutdown():
         service = api.build_server(
-            str(cfg.bundle), server_settings, recommender_settings, model_metadata=metadata
+            variants,
+            server_settings,
+            recommender_settings,
+            model_metadata=metadata,
+            reranker=reranker,
+            buyer_cache=cache,
         )
         log.info(
-            "serving %s (%s) on http://%s:%s", cfg.bundle, manifest.get("model_version"), cfg.host, cfg.port
+            "serving %s on http://%s:%s (reranker %s, buyer cache %s)",
+            {v.name: f"{v.bundle} ({bundles[v.name].version}, share {v.share})" for v in variants},
+            cfg.host,
+            cfg.port,
+            getattr(reranker, "name", "none"),
+            cache or "off",
         )
         try:
             service.run(host=cfg.host, port=cfg.port)
@@ -112,7 +169,7 @@ def serve(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> None:
     try:
         serve(cfg)
-    except BundleError as error:
+    except (BundleError, ConfigError) as error:
         raise SystemExit(f"twotower.serve: {error}") from None
 
 

@@ -113,7 +113,13 @@ def _run_with_workers(versions: list[dict], path: str, timeout: float = 5.0) -> 
 def test_success_reports_the_one_new_version() -> None:
     versions = {"/b1": "v1", "/b2": "v2"}
     _, outcome = _run_with_workers([versions, versions], "/b2")
-    assert outcome == {"status": "reloaded", "bundle": "b2", "model_version": "v2", "workers": 2}
+    assert outcome == {
+        "status": "reloaded",
+        "variant": "control",
+        "bundle": "b2",
+        "model_version": "v2",
+        "workers": 2,
+    }
 
 
 def test_a_partial_failure_rolls_every_worker_back() -> None:
@@ -136,7 +142,8 @@ def test_a_timeout_rolls_back_and_answers_504() -> None:
     with pytest.raises(ReloadError) as error:
         asyncio.run(reload(coordinator, "/b2", "b2", 60.0, 0.2))
     assert error.value.status == 504 and "within 0.2 s" in error.value.detail
-    assert coordinator.target() == {"generation": 2, "path": "/b1", "rollback": True}
+    target = coordinator.target()
+    assert (target["generation"], target["path"], target["rollback"]) == (2, "/b1", True)
     assert coordinator.acquire(1)  # the lease was released
 
 

@@ -20,6 +20,7 @@ from fastapi import Depends, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from twotower.reranking import Reranker
 from twotower.serving.auth import (
     API_KEY_HEADER,
     DocsAuthMiddleware,
@@ -34,6 +35,7 @@ from twotower.serving.recommender import RecommenderSettings
 from twotower.serving.reload import Coordinator, ReloadError, reload, resolve_bundle
 from twotower.serving.schemas import ReloadRequest
 from twotower.serving.settings import ServerSettings
+from twotower.serving.variants import VariantsConfig
 from twotower.serving.workers import EncodeBuyerAPI, RetrieveAPI
 
 __all__ = ["Service", "ServerSettings", "build_server"]
@@ -67,25 +69,33 @@ class Service:
 
 
 def build_server(
-    bundle: str | Path,
+    bundle: str | Path | VariantsConfig,
     server: ServerSettings | None = None,
     recommender: RecommenderSettings | None = None,
     model_metadata: dict | None = None,
+    reranker: Reranker | None = None,
+    buyer_cache: dict | None = None,
 ) -> Service:
-    """Assemble the service over `bundle` (not started: call `.run()`, then `.close()`)."""
+    """Assemble the service over `bundle` (one path, or A/B variants; not started: call `.run()`, then
+    `.close()`). `reranker`: the second stage (None = retrieval order); `buyer_cache`: BuyerVectorCache
+    options per worker (None = off)."""
     server = server or ServerSettings()
     recommender = recommender or RecommenderSettings(max_interactions=100)
+    variants = bundle if isinstance(bundle, VariantsConfig) else VariantsConfig.parse(bundle=str(bundle))
     manager = SyncManager()
     manager.start()
-    coordinator = Coordinator(manager.dict(), str(bundle), manager.Lock())
-    batching = {
+    bundles = {v.name: v.bundle for v in variants}
+    coordinator = Coordinator(manager.dict(), bundles, manager.Lock())
+    options = {
         "max_batch_size": server.max_batch_size,
         "batch_timeout": server.batch_timeout,
         "poll_interval": server.poll_interval,
+        "reranker": reranker,
+        "buyer_cache": buyer_cache,
     }
     apis = [
-        RetrieveAPI(str(bundle), recommender, coordinator, **batching),
-        EncodeBuyerAPI(str(bundle), recommender, coordinator, **batching),
+        RetrieveAPI(variants, recommender, coordinator, **options),
+        EncodeBuyerAPI(variants, recommender, coordinator, **{**options, "reranker": None}),  # vectors only
     ]
     middlewares: list = []
     if server.cors_origins:
@@ -114,11 +124,11 @@ def build_server(
     app.add_middleware(MetricsMiddleware)  # outermost: times and counts every answer, 413s and 401s included
     app.add_exception_handler(RequestValidationError, validation_error)
     document_validation_errors(app)
-    _add_routes(app, coordinator, server)
+    _add_routes(app, coordinator, server, variants)
     return Service(lit_server, manager, coordinator, server)
 
 
-def _add_routes(app: Any, coordinator: Coordinator, server: ServerSettings) -> None:
+def _add_routes(app: Any, coordinator: Coordinator, server: ServerSettings, variants: VariantsConfig) -> None:
     guard = [Depends(require_client)] if server.protect_docs else []
     stale_after = max(5.0, 10 * server.poll_interval)
 
@@ -130,8 +140,19 @@ def _add_routes(app: Any, coordinator: Coordinator, server: ServerSettings) -> N
         admin = is_admin(x_api_key)
         primary = next((w for w in workers.values() if w["api"] == "/retrieve"), None)
         model = dict(primary["info"]) if primary else {}
+        served = (primary or {}).get("variants") or {}
+        model["variants"] = {
+            v.name: {
+                "share": v.share,
+                "model_version": served.get(v.name, {}).get("version"),
+                "bundle": str(served.get(v.name, {}).get("path", v.bundle)),
+            }
+            for v in variants
+        }
         if not admin:  # absolute paths and PIDs are for the operator only
             model["bundle"] = Path(str(model.get("bundle", ""))).name
+            for shown in model["variants"].values():
+                shown["bundle"] = Path(shown["bundle"]).name
         fields = (
             ("api", "pid", "version", "ok", "error", "stats") if admin else ("api", "version", "ok", "stats")
         )
@@ -155,9 +176,14 @@ def _add_routes(app: Any, coordinator: Coordinator, server: ServerSettings) -> N
     @app.post("/admin/reload", dependencies=[Depends(require_admin)], tags=["admin"])
     async def reload_bundle(body: ReloadRequest | None = None) -> JSONResponse:
         try:
-            default = coordinator.state["default_bundle"]
+            variant = (body.variant if body else None) or variants.control
+            if variant not in variants.names:  # schemas checks too, when serve.py configured it
+                raise ReloadError(
+                    422, f"unknown variant {variant!r}; this service serves: {', '.join(variants.names)}"
+                )
+            default = coordinator.state["default_bundles"][variant]
             path, shown = resolve_bundle(body.bundle if body else None, server.bundle_root, default)
-            answer = await reload(coordinator, path, shown, stale_after, server.reload_timeout)
+            answer = await reload(coordinator, path, shown, stale_after, server.reload_timeout, variant)
         except ReloadError as error:
             return JSONResponse({"detail": error.detail}, status_code=error.status)
         return JSONResponse(answer)

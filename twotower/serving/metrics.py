@@ -1,4 +1,10 @@
-"""Prometheus metrics: per-route request counts, errors and latency (front end), worker stats (from reports)."""
+"""Prometheus metrics: per-route request counts, errors and latency (front end), worker stats (from reports).
+
+A/B variants: the worker names the variant that answered in the X-Twotower-Variant response header; the
+front end counts and times those responses again with a `variant` label (requests rejected before a
+variant was chosen, e.g. 422 from validation, have no variant). Buyer-vector cache counters are summed
+over the workers' latest reports.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0, 10.0)  # fmt: skip
 ROUTES = ("/retrieve", "/encode_buyer", "/health", "/info", "/metrics", "/admin/reload")
@@ -27,7 +34,20 @@ LATENCY = Histogram(
     ["path"],
     buckets=LATENCY_BUCKETS,
 )
+VARIANT_REQUESTS = Counter(
+    "twotower_variant_requests_total", "Requests answered per A/B variant", ["variant", "path", "status"]
+)
+VARIANT_LATENCY = Histogram(
+    "twotower_variant_request_duration_seconds",
+    "Time from request start to response end, per A/B variant",
+    ["variant", "path"],
+    buckets=LATENCY_BUCKETS,
+)
+_VARIANT_HEADER = b"x-twotower-variant"
 MODEL_INFO = Gauge("twotower_model_info", "1 for the model version each worker serves", ["api", "version"])
+VARIANT_MODEL = Gauge(
+    "twotower_variant_model_info", "1 for the model version each A/B variant serves", ["variant", "version"]
+)
 WORKER_REQUESTS = Gauge("twotower_worker_requests", "Requests processed by inference workers", ["api"])
 WORKER_BATCHES = Gauge("twotower_worker_batches", "Batches processed by inference workers", ["api"])
 WORKER_MAX_BATCH = Gauge(
@@ -47,19 +67,27 @@ class MetricsMiddleware:
             return
         path = scope["path"] if scope["path"] in ROUTES else "other"
         status = 500
+        variant: str | None = None
         start = time.perf_counter()
 
         async def send_with_status(message: dict) -> None:
-            nonlocal status
+            nonlocal status, variant
             if message["type"] == "http.response.start":
                 status = message["status"]
+                for name, value in message.get("headers", ()):
+                    if name.lower() == _VARIANT_HEADER:
+                        variant = value.decode("latin-1")
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            LATENCY.labels(path).observe(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            LATENCY.labels(path).observe(elapsed)
             REQUESTS.labels(path, str(status)).inc()
+            if variant is not None:
+                VARIANT_LATENCY.labels(variant, path).observe(elapsed)
+                VARIANT_REQUESTS.labels(variant, path, str(status)).inc()
             if status >= 400:
                 ERRORS.labels(path, "5xx" if status >= 500 else "4xx").inc()
 
@@ -68,6 +96,8 @@ def metrics_response(workers: dict[str, dict]) -> Response:
     """The /metrics body: this front end's HTTP metrics plus the workers' latest reports."""
     for w in workers.values():
         MODEL_INFO.labels(w["api"], w["version"]).set(1)
+        for variant, served in (w.get("variants") or {}).items():
+            VARIANT_MODEL.labels(variant, served["version"]).set(1)
         WORKER_REQUESTS.labels(w["api"]).set(w["stats"]["requests"])
         WORKER_BATCHES.labels(w["api"]).set(w["stats"]["batches"])
         WORKER_MAX_BATCH.labels(w["api"]).set(w["stats"]["max_batch"])
@@ -77,4 +107,32 @@ def metrics_response(workers: dict[str, dict]) -> Response:
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    reports = CollectorRegistry()
+    reports.register(_CacheCollector(workers))
+    return Response(generate_latest(registry) + generate_latest(reports), media_type=CONTENT_TYPE_LATEST)
+
+
+class _CacheCollector:
+    """Buyer-vector cache counters summed per API over the workers' latest reports (absent when off)."""
+
+    def __init__(self, workers: dict[str, dict]) -> None:
+        self.workers = workers
+
+    def collect(self) -> Any:
+        caches = [(w["api"], w["cache"]) for w in self.workers.values() if w.get("cache")]
+        if not caches:
+            return
+        for name, help_text in (
+            ("hits", "Buyer vectors served from the cache"),
+            ("misses", "Cache lookups that ran the buyer tower"),
+            ("evictions", "Entries dropped by the LRU size limit"),
+            ("expirations", "Entries dropped by the TTL"),
+        ):
+            family = CounterMetricFamily(f"twotower_buyer_cache_{name}", help_text, labels=["api"])
+            for api in sorted({a for a, _ in caches}):
+                family.add_metric([api], sum(c[name] for a, c in caches if a == api))
+            yield family
+        size = GaugeMetricFamily("twotower_buyer_cache_entries", "Buyer vectors cached now", labels=["api"])
+        for api in sorted({a for a, _ in caches}):
+            size.add_metric([api], sum(c["size"] for a, c in caches if a == api))
+        yield size

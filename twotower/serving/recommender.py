@@ -20,7 +20,7 @@ tables of one immutable object (swapped whole on reload); split, they would pass
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,8 @@ class Query:
     exclude_seen: bool | None = None
     categories: Sequence[str] | None = None
     brands: Sequence[str] | None = None
+    cache_key: Hashable | None = None  # set by the service when the buyer-vector cache is on (stages.py)
+    keep: int | None = None  # set by the re-ranking stage: k is its candidates, `keep` the items returned
 
 
 @dataclass
@@ -85,6 +87,8 @@ class _Prepared:
     weights: np.ndarray  # float32 [L] event weights
     times: np.ndarray  # float64 [L] epoch seconds, NaN = not given (no decay, see twotower.scoring.History)
     unknown: list[str]
+    cache_key: Hashable | None = None
+    keep: int | None = None
 
 
 @dataclass
@@ -109,6 +113,10 @@ class RecommenderSettings:
 
 class Recommender:
     """Answers retrieve/encode queries from one loaded bundle; immutable after construction (safe to swap)."""
+
+    # -- service hooks (twotower/serving/stages.py), set right after loading; None = off -----------------
+    stage: Any = None  # second stage (re-ranking): `retrieve` hands queries to it, `_result` the candidates
+    vector_cache: Any = None  # buyer-vector cache: `_buyer_vectors` hands the histories to it
 
     def __init__(
         self, bundle: Bundle, buyer_tower: BuyerTower, settings: RecommenderSettings | None = None
@@ -269,7 +277,9 @@ class Recommender:
             # Keep the most recent max_history, as training did (by timestamp when given, else list order).
             keep = np.sort(np.argsort(np.asarray(order), kind="stable")[-self.max_history :])
             row_arr, code_arr, time_arr = row_arr[keep], code_arr[keep], time_arr[keep]
-        return _Prepared(row_arr, self.weight_by_code[code_arr], time_arr, unknown)
+        return _Prepared(
+            row_arr, self.weight_by_code[code_arr], time_arr, unknown, query.cache_key, query.keep
+        )
 
     def settings_for(self, query: Query) -> ScoringSettings:
         """The bundle's scoring settings, with the request's exclusion when it sets one."""
@@ -308,9 +318,14 @@ class Recommender:
         return allowed
 
     # -- model ---------------------------------------------------------------------------------------
-    @torch.inference_mode()
     def _buyer_vectors(self, prepared: Sequence[_Prepared]) -> np.ndarray:
         """Buyer vectors float32 [B, D] for histories that have at least one known item."""
+        if self.vector_cache is not None:  # hook: cached vectors skip the tower
+            return self.vector_cache.vectors(prepared, self._tower_vectors)
+        return self._tower_vectors(prepared)
+
+    @torch.inference_mode()
+    def _tower_vectors(self, prepared: Sequence[_Prepared]) -> np.ndarray:
         length = max(len(p.rows) for p in prepared)
         rows = np.zeros((len(prepared), length), dtype=np.int64)
         weights = np.zeros((len(prepared), length), dtype=np.float32)
@@ -359,8 +374,10 @@ class Recommender:
                 out[slot] = BuyerVector(vector, p.unknown, self.version)
         return out
 
-    def retrieve(self, queries: Sequence[Query]) -> list[Recommendation | QueryError]:
+    def retrieve(self, queries: Sequence[Query], rerank: bool = True) -> list[Recommendation | QueryError]:
         """Top-k recommendations for a batch of queries (errors in place, never raised for one query)."""
+        if rerank and self.stage is not None:  # hook: the second stage widens k, re-ranks, keeps k
+            return self.stage.retrieve(self, queries)
         out, warm = self._prepare_batch(queries, self._popular_fallback)
         if warm:
             vectors = self._buyer_vectors([p for _, _, p in warm])
@@ -473,6 +490,8 @@ class Recommender:
     def _result(
         self, rows: list[int], scores: list[float], p: _Prepared, fallback: str | None
     ) -> Recommendation:
+        if p.keep is not None:  # hook: the second stage re-ranks the candidates and keeps p.keep
+            rows, scores = self.stage.finish(rows, scores, p.keep)
         ids, titles, descriptions, brands, categories, photos = self._fields
         items = [
             {

@@ -1,7 +1,8 @@
 """Reload coordination between the HTTP front ends and the inference workers.
 
 The shared state lives in a multiprocessing manager (one dict and one lock, picklable into spawned workers):
-`target` (generation, path, rollback) is what every worker should serve; `worker:<api>:<pid>` records are
+`target` (generation, variant, path, rollback, paths) is what every worker should serve: `paths` maps each
+A/B variant to its bundle, and a reload moves one `variant` to `path`, leaving the others as they are; `worker:<api>:<pid>` records are
 each worker's heartbeat (generation reached, version, error). POST /admin/reload bumps the generation under
 the manager's lock (atomic across `server.api_servers` front ends), waits until every live worker reports
 it, and if any failed, timed out or ended on another version, rolls every worker back to the bundle it
@@ -15,8 +16,11 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+CONTROL = "control"
 
 # An absolute path in an error message; `redact` keeps only its last component.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(?:[^\s'\"/:,;()]+/)*([^\s'\"/:,;()]*)")
@@ -39,15 +43,29 @@ class ReloadError(Exception):
 class Coordinator:
     """Reload target, reload lease and worker reports in a shared dict guarded by one lock."""
 
-    def __init__(self, state: Any, bundle: str, lock: Any = None) -> None:
+    def __init__(self, state: Any, bundles: str | Mapping[str, str], lock: Any = None) -> None:
+        """`bundles`: {variant: start-up bundle}, or one path (a single control variant)."""
         self.state = state
         self.lock = lock if lock is not None else threading.Lock()
-        self.state["target"] = {"generation": 0, "path": bundle, "rollback": False}
-        self.state["default_bundle"] = bundle
+        paths = {CONTROL: str(bundles)} if isinstance(bundles, str | Path) else dict(bundles)
+        first = next(iter(paths))
+        self.state["target"] = {
+            "generation": 0,
+            "variant": first,
+            "path": paths[first],
+            "rollback": False,
+            "paths": paths,
+        }
+        self.state["default_bundles"] = dict(paths)
+        self.state["default_bundle"] = paths[first]
         self.state["reload_lease"] = None
 
     def target(self) -> dict:
         return dict(self.state["target"])
+
+    @property
+    def variants(self) -> list[str]:
+        return list(self.state["default_bundles"])
 
     def report(self, key: str, record: dict) -> None:
         self.state[key] = record
@@ -61,11 +79,21 @@ class Coordinator:
             if key.startswith("worker:") and now - record.get("heartbeat", 0) <= max_age
         }
 
-    def publish(self, path: str, rollback: bool) -> int:
-        """Point every worker at `path`; returns the new generation (one increment, whoever calls)."""
+    def publish(self, path: str, rollback: bool, variant: str | None = None) -> int:
+        """Point every worker's `variant` (default: the first) at `path`; returns the new generation (one
+        increment, whoever calls)."""
         with self.lock:
-            generation = int(self.state["target"]["generation"]) + 1
-            self.state["target"] = {"generation": generation, "path": str(path), "rollback": rollback}
+            target = self.state["target"]
+            variant = variant or next(iter(target["paths"]))
+            generation = int(target["generation"]) + 1
+            paths = {**target["paths"], variant: str(path)}
+            self.state["target"] = {
+                "generation": generation,
+                "variant": variant,
+                "path": str(path),
+                "rollback": rollback,
+                "paths": paths,
+            }
         return generation
 
     def acquire(self, seconds: float) -> str | None:
@@ -128,10 +156,25 @@ async def _wait_for(
         await asyncio.sleep(0.05)
 
 
+def served(record: dict, variant: str) -> dict:
+    """{"path", "version"} a worker record says `variant` is served from (plain records: the first variant)."""
+    per_variant = record.get("variants")
+    if per_variant and variant in per_variant:
+        return per_variant[variant]
+    return {"path": record.get("path"), "version": record.get("version")}
+
+
 async def reload(
-    coordinator: Coordinator, path: str, shown: str, stale_after: float, timeout: float
+    coordinator: Coordinator,
+    path: str,
+    shown: str,
+    stale_after: float,
+    timeout: float,
+    variant: str | None = None,
 ) -> dict[str, Any]:
-    """Move every live worker to `path`, or roll them all back; returns the success body, raises ReloadError."""
+    """Move `variant` (default: the first) of every live worker to `path`, or roll them all back; the other
+    variants keep serving what they served. Returns the success body, raises ReloadError."""
+    variant = variant or coordinator.variants[0]
     token = coordinator.acquire(2 * timeout + 30)
     if token is None:
         raise ReloadError(409, "a reload is already running")
@@ -139,14 +182,16 @@ async def reload(
         before = coordinator.workers(stale_after)
         if not before:
             raise ReloadError(503, "no live inference worker: the server is starting or unhealthy")
-        served = sorted({w["path"] for w in before.values()})
-        results = await _wait_for(coordinator, list(before), coordinator.publish(path, False), timeout)
+        previous = sorted({served(w, variant)["path"] for w in before.values()})
+        generation = coordinator.publish(path, False, variant)
+        results = await _wait_for(coordinator, list(before), generation, timeout)
         if results is not None:
             errors = [r["error"] for r in results.values() if not r.get("ok")]
-            versions = sorted({r.get("version") for r in results.values()})
+            versions = sorted({served(r, variant)["version"] for r in results.values()}, key=str)
             if not errors and len(versions) == 1:
                 return {
                     "status": "reloaded",
+                    "variant": variant,
                     "bundle": shown,
                     "model_version": versions[0],
                     "workers": len(results),
@@ -156,8 +201,10 @@ async def reload(
         else:
             problem, status = f"workers did not finish loading within {timeout:g} s", 504
         # Roll everyone back to what they served (all served the same bundle after the last good reload).
-        await _wait_for(coordinator, list(before), coordinator.publish(served[0], True), timeout)
-        serving = sorted({w.get("version") for w in coordinator.workers(stale_after).values()})
+        await _wait_for(coordinator, list(before), coordinator.publish(previous[0], True, variant), timeout)
+        serving = sorted(
+            {served(w, variant)["version"] for w in coordinator.workers(stale_after).values()}, key=str
+        )
         raise ReloadError(
             status,
             redact(

@@ -23,12 +23,30 @@ MAX_FILTER_VALUES = 50
 # The event names the HTTP process accepts; serve.py replaces it with the bundle's training-time schema
 # (`configure_event_schema`) before the API processes fork. Workers re-check against their own bundle.
 _event_schema = EventSchema()
+# The A/B variant names a request may force; serve.py sets them like the event schema (None: any name
+# passes here and the worker answers 422 for one it does not serve).
+_variant_names: tuple[str, ...] | None = None
 
 
 def configure_event_schema(schema: EventSchema) -> None:
     """Accept the event spellings of `schema` (the bundle's training config) in request validation."""
     global _event_schema
     _event_schema = schema
+
+
+def configure_variants(names: list[str] | tuple[str, ...] | None) -> None:
+    """Accept only these names in a request's `variant` (and a reload's)."""
+    global _variant_names
+    _variant_names = tuple(names) if names else None
+
+
+def _check_variant(value: str | None) -> str | None:
+    if value is not None and _variant_names is not None and value not in _variant_names:
+        raise ValueError(f"unknown variant {value!r}; this service serves: {', '.join(_variant_names)}")
+    return value
+
+
+VariantName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
 ProductId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID_LENGTH)]
@@ -92,6 +110,13 @@ class BuyerRequest(_Strict):
     recent_interactions: list[Interaction] = Field(
         max_length=MAX_INTERACTIONS, description=f"Up to {MAX_INTERACTIONS} interactions, oldest first."
     )
+    variant: VariantName | None = Field(
+        default=None,
+        description="Force an A/B variant (tests, QA); default: the buyer's stable assignment, or the "
+        "control without buyer_id.",
+    )
+
+    _known_variant = field_validator("variant")(classmethod(lambda cls, value: _check_variant(value)))
 
 
 class RetrieveRequest(BuyerRequest):
@@ -125,20 +150,27 @@ class RetrieveResponse(BaseModel):
     unknown_product_ids: list[str]
     fallback: Literal["popular"] | None = Field(description="'popular' when the buyer had no known products.")
     model_version: str
+    variant: str = Field(description="The A/B variant that answered (also in the X-Twotower-Variant header).")
 
 
 class EncodeBuyerResponse(BaseModel):
     embedding: list[float]
     unknown_product_ids: list[str]
     model_version: str
+    variant: str = Field(description="The A/B variant that answered (also in the X-Twotower-Variant header).")
 
 
 class ReloadRequest(_Strict):
+    variant: VariantName | None = Field(
+        default=None, description="The A/B variant to reload (default: the control); the others keep serving."
+    )
     bundle: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = Field(
         default=None,
         description="Bundle directory inside the server's bundle root (server.bundle_root), relative to it or "
-        "absolute; default: the bundle the server was started with.",
+        "absolute; default: the bundle the variant was started with.",
     )
+
+    _known_variant = field_validator("variant")(classmethod(lambda cls, value: _check_variant(value)))
 
     @field_validator("bundle")
     @classmethod

@@ -8,6 +8,14 @@ in the batched model call is retried request by request, so only the request tha
 Hot reload: each worker's watcher thread polls the shared target (see reload.py); a new generation is
 loaded beside the old model in a loader thread (the watcher keeps heartbeating meanwhile) and swapped in by
 one reference assignment, so a batch in flight finishes on the model it started with.
+
+A/B variants: each worker holds one Recommender per variant (`recommenders`, swapped whole); a request is
+routed by `VariantsConfig.assign` (buyer hash, or the request's `variant`), a batch is split per variant,
+and every response names its variant (body and X-Twotower-Variant header, which /metrics labels by).
+A reload names one variant; the others keep their recommenders.
+
+Over 300 lines on purpose: setup, the reload watcher, routing and encoding all read and swap the same
+per-worker state (recommenders, resolved paths, generation, cache); the batching loop lives in batching.py.
 """
 
 # no `from __future__ import annotations`: LitServe reads decode_request's annotation as a class
@@ -16,18 +24,18 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from queue import Empty
 from typing import Any
 
 import litserve as ls
 import orjson
 from fastapi import Depends, Response
-from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError, collate_requests
-from litserve.loops.simple_loops import BatchedLoop
-from litserve.utils import LitAPIStatus, LoopResponseType
 
+from twotower.reranking import Reranker
 from twotower.serving.auth import API_KEY_HEADER, require_client
+from twotower.serving.batching import IdleBlockingBatchedLoop
+from twotower.serving.buyer_cache import BuyerVectorCache
 from twotower.serving.recommender import (
     BuyerVector,
     Query,
@@ -43,88 +51,62 @@ from twotower.serving.schemas import (
     RetrieveRequest,
     RetrieveResponse,
 )
+from twotower.serving.stages import attach
+from twotower.serving.variants import VariantError, VariantsConfig
 
 log = logging.getLogger(__name__)
+VARIANT_HEADER = "X-Twotower-Variant"
 
 
-def error_response(status: int, detail: str) -> Response:
-    return Response(orjson.dumps({"detail": detail}), status_code=status, media_type="application/json")
+def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    body = orjson.dumps({"detail": detail})
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 class _InternalError:
     """Marks a request whose processing failed unexpectedly; encoded as a 500 without internals."""
 
 
-class _Prepend:
-    """A queue view that yields `first` before the queue's own items (for collate_requests)."""
+@dataclass
+class _Routed:
+    """A decoded request and the variant that answers it."""
 
-    def __init__(self, first: Any, queue: Any) -> None:
-        self.first, self.queue = first, queue
-
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        if self.first is not None:
-            item, self.first = self.first, None
-            return item
-        return self.queue.get(block=block, timeout=timeout)
-
-    def get_nowait(self) -> Any:
-        return self.get(block=False)
+    query: Query
+    variant: str
+    buyer_id: str | None
 
 
-class IdleBlockingBatchedLoop(BatchedLoop):
-    """LitServe's batched loop, except that it blocks while the queue is empty.
-
-    LitServe's `collate_requests` asks the (manager-process) queue for an item every millisecond even when
-    no request arrives, which costs an idle server a fifth of a core. This loop first waits up to 1 s for one
-    request (no CPU), then lets LitServe's own `collate_requests` fill the batch within `batch_timeout`.
-    """
-
-    def get_batch_requests(self, lit_api: ls.LitAPI, request_queue: Any, transport: Any) -> tuple[list, list]:
-        try:
-            first = request_queue.get(timeout=1.0)
-        except Empty:
-            return [], []
-        queue = _Prepend(first, request_queue)
-        payloads, timed_out = collate_requests(self, lit_api, queue, transport)
-        if queue.first is not None:
-            # collate_requests skips its loop when batch_timeout has already passed on entry (a busy machine
-            # can deschedule it for longer than 1 ms) and returns without taking `first`: take it here the
-            # way it would, or that request would never be answered.
-            if first == _SENTINEL_VALUE:
-                raise _StopLoopError()
-            response_queue_id, uid, timestamp, x_enc = first
-            self.put_response(
-                transport, response_queue_id, uid, (), LitAPIStatus.START, LoopResponseType.REGULAR
-            )
-            timeout = lit_api.request_timeout
-            if timeout not in (-1, False, None) and time.monotonic() - timestamp > timeout:
-                timed_out.append((response_queue_id, uid))
-            else:
-                payloads.append((response_queue_id, uid, x_enc))
-        return payloads, timed_out
+@dataclass
+class _Answer:
+    variant: str
+    result: Any
 
 
 class _BundleAPI(ls.LitAPI):
-    """Shared worker logic: load the bundle in setup, watch for reloads, batch with per-request errors."""
+    """Shared worker logic: load the bundles in setup, watch for reloads, batch with per-request errors."""
 
     def __init__(
         self,
-        bundle: str,
+        bundle: str | VariantsConfig,
         settings: RecommenderSettings,
         coordinator: Coordinator,
         api_path: str,
         max_batch_size: int = 1,
         batch_timeout: float = 0.0,
         poll_interval: float = 0.5,
+        reranker: Reranker | None = None,
+        buyer_cache: dict | None = None,
     ) -> None:
         loop = IdleBlockingBatchedLoop() if max_batch_size > 1 else "auto"
         super().__init__(
             max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path, loop=loop
         )
-        self.bundle_path = bundle
+        self.variants = bundle if isinstance(bundle, VariantsConfig) else VariantsConfig.parse(bundle=bundle)
         self.settings = settings
         self.coordinator = coordinator
         self.poll_interval = poll_interval
+        self.reranker = reranker
+        self.buyer_cache_options = dict(buyer_cache) if buyer_cache else None
 
     def authorize(self, x_api_key: str | None = Depends(API_KEY_HEADER)) -> None:
         """LitServe's auth hook for this route: the client key, compared in constant time."""
@@ -132,18 +114,35 @@ class _BundleAPI(ls.LitAPI):
 
     # -- lifecycle (inference worker process) ---------------------------------------------------------
     def setup(self, device: str) -> None:
+        # One cache per worker, shared by the variants (the model version is in the key).
+        options = self.buyer_cache_options
+        self.cache = BuyerVectorCache(**options) if options else None
         target = self.coordinator.target()
-        self.recommender = Recommender.from_bundle(target["path"], self.settings)
-        self._generation, self._resolved = target["generation"], str(Path(target["path"]).resolve())
+        paths = {v.name: target["paths"].get(v.name, v.bundle) for v in self.variants}
+        self.recommenders = {name: self._load(path) for name, path in paths.items()}
+        self._resolved = {name: str(Path(path).resolve()) for name, path in paths.items()}
+        self._generation = target["generation"]
         self._error: str | None = None
         self._last_logged: str | None = None
         self._stats = {"requests": 0, "batches": 0, "max_batch": 0}
         self._key = f"worker:{self.api_path}:{os.getpid()}"
         self._publish()
         threading.Thread(target=self._watch, name="twotower-reload-watcher", daemon=True).start()
-        log.info("%s worker %d serving %s", self.api_path, os.getpid(), self.recommender.version)
+        log.info("%s worker %d serving %s", self.api_path, os.getpid(), self._versions())
+
+    @property
+    def recommender(self) -> Recommender:
+        """The control variant's recommender (what /info describes)."""
+        return self.recommenders[self.variants.control]
+
+    def _load(self, path: str) -> Recommender:
+        return attach(Recommender.from_bundle(path, self.settings), self.reranker, self.cache)
+
+    def _versions(self) -> dict[str, str]:
+        return {name: r.version for name, r in self.recommenders.items()}
 
     def _publish(self) -> None:
+        control = self.variants.control
         self.coordinator.report(
             self._key,
             {
@@ -153,9 +152,14 @@ class _BundleAPI(ls.LitAPI):
                 "ok": self._error is None,
                 "error": self._error,
                 "version": self.recommender.version,
-                "path": self._resolved,
+                "path": self._resolved[control],
+                "variants": {
+                    name: {"version": r.version, "path": self._resolved[name]}
+                    for name, r in self.recommenders.items()
+                },
                 "info": self.recommender.info(),
                 "stats": dict(self._stats),
+                "cache": self.cache.stats() if self.cache is not None else None,
                 "heartbeat": time.time(),
             },
         )
@@ -176,15 +180,24 @@ class _BundleAPI(ls.LitAPI):
                     self._last_logged = repr(error)
 
     def _apply(self, target: dict) -> None:
-        """Load target["path"] in a loader thread while this thread keeps heartbeating; never raises."""
-        outcome: dict[str, Any] = {}
+        """Load what `target` changes in a loader thread while this thread keeps heartbeating; never raises.
+
+        The named variant is (re)loaded, unless this is a rollback to what it already serves; any other
+        variant whose path differs from the target's (a worker that missed a generation) is loaded too."""
+        outcome: dict[str, Any] = {"fresh": {}, "resolved": {}}
 
         def load() -> None:
             try:
-                outcome["resolved"] = str(Path(str(target["path"])).resolve())
-                if target.get("rollback") and outcome["resolved"] == self._resolved:
-                    return  # this worker never left the bundle being rolled back to
-                outcome["fresh"] = Recommender.from_bundle(outcome["resolved"], self.settings)
+                for name in self.recommenders:
+                    path = target.get("paths", {}).get(name, self._resolved[name])
+                    if name == target.get("variant", self.variants.control):
+                        path = target["path"]
+                    resolved = str(Path(str(path)).resolve())
+                    named = name == target.get("variant", self.variants.control)
+                    if resolved == self._resolved[name] and (target.get("rollback") or not named):
+                        continue  # already served: rolling back to it, or another variant's reload
+                    outcome["fresh"][name] = self._load(resolved)
+                    outcome["resolved"][name] = resolved
             except Exception as error:  # noqa: BLE001 - reported to the reload caller, old model kept
                 outcome["error"] = redact(f"{type(error).__name__}: {error}")
 
@@ -196,22 +209,30 @@ class _BundleAPI(ls.LitAPI):
                 with contextlib.suppress(Exception):  # a heartbeat is best effort
                     self._publish()
         if "error" in outcome:
-            log.error("reload failed; still serving %s: %s", self.recommender.version, outcome["error"])
+            log.error("reload failed; still serving %s: %s", self._versions(), outcome["error"])
             self._generation, self._error = target["generation"], outcome["error"]
             return
-        if "fresh" in outcome:
-            self.recommender = outcome["fresh"]  # one swap: batches in flight keep the one they captured
-            self._resolved = outcome["resolved"]
-            log.info("%s worker %d now serves %s", self.api_path, os.getpid(), self.recommender.version)
+        if outcome["fresh"]:
+            # one swap: batches in flight keep the dict they captured
+            self.recommenders = {**self.recommenders, **outcome["fresh"]}
+            self._resolved = {**self._resolved, **outcome["resolved"]}
+            if self.cache is not None:
+                self.cache.clear()  # the version is in the key; clearing frees the old model's entries now
+            log.info("%s worker %d now serves %s", self.api_path, os.getpid(), self._versions())
         self._generation, self._error = target["generation"], None
 
     # -- request path ----------------------------------------------------------------------------------
-    def _to_query(self, request: Any) -> Query | QueryError | _InternalError:
+    def _to_query(self, request: Any) -> _Routed | QueryError | _InternalError:
         try:
+            buyer_id = getattr(request, "buyer_id", None)
+            try:
+                variant = self.variants.assign(buyer_id, override=getattr(request, "variant", None))
+            except VariantError as error:
+                return QueryError(str(error), error.status)
             interactions = request.recent_interactions
             stamps = [i.epoch() for i in interactions]
             filters = getattr(request, "filters", None)
-            return Query(
+            query = Query(
                 product_ids=[i.product_id for i in interactions],
                 event_types=[i.event_type for i in interactions],
                 timestamps=stamps if any(s is not None for s in stamps) else None,
@@ -220,6 +241,7 @@ class _BundleAPI(ls.LitAPI):
                 categories=filters.categories if filters else None,
                 brands=filters.brands if filters else None,
             )
+            return _Routed(query, variant, buyer_id)
         except Exception:
             log.exception("could not decode a request")
             return _InternalError()
@@ -227,15 +249,9 @@ class _BundleAPI(ls.LitAPI):
     def _run(self, recommender: Recommender, queries: list[Query]) -> list:
         raise NotImplementedError
 
-    def predict(self, x: Any) -> Any:
-        batch = x if isinstance(x, list) else [x]
-        recommender = self.recommender  # captured once: a concurrent reload cannot change it mid-batch
-        self._stats["requests"] += len(batch)
-        self._stats["batches"] += 1
-        self._stats["max_batch"] = max(self._stats["max_batch"], len(batch))
-        queries = [q for q in batch if isinstance(q, Query)]
+    def _run_safely(self, recommender: Recommender, queries: list[Query]) -> list:
         try:
-            results = self._run(recommender, queries)
+            return self._run(recommender, queries)
         except Exception:
             log.exception(
                 "batched %s failed; retrying its %d requests one by one", self.api_path, len(queries)
@@ -247,16 +263,43 @@ class _BundleAPI(ls.LitAPI):
                 except Exception:
                     log.exception("%s failed for one request", self.api_path)
                     results.append(_InternalError())
-        answers = iter(results)
-        merged = [next(answers) if isinstance(q, Query) else q for q in batch]
+            return results
+
+    def predict(self, x: Any) -> Any:
+        batch = x if isinstance(x, list) else [x]
+        recommenders = self.recommenders  # captured once: a concurrent reload cannot change it mid-batch
+        self._stats["requests"] += len(batch)
+        self._stats["batches"] += 1
+        self._stats["max_batch"] = max(self._stats["max_batch"], len(batch))
+        groups: dict[str, list[int]] = {}
+        for i, item in enumerate(batch):
+            if isinstance(item, _Routed):
+                groups.setdefault(item.variant, []).append(i)
+        merged = list(batch)
+        for variant, slots in groups.items():
+            recommender = recommenders[variant]
+            queries = [batch[i].query for i in slots]
+            if self.cache is not None:
+                for i, query in zip(slots, queries, strict=True):
+                    query.cache_key = self.cache.key(
+                        batch[i].buyer_id, query.product_ids, query.event_types, query.timestamps,
+                        recommender.version,
+                    )  # fmt: skip
+            for i, result in zip(slots, self._run_safely(recommender, queries), strict=True):
+                merged[i] = _Answer(variant, result)
         return merged if isinstance(x, list) else merged[0]
 
     def _encode(self, output: Any) -> Response:
+        variant = None
+        if isinstance(output, _Answer):
+            variant, output = output.variant, output.result
+        headers = {VARIANT_HEADER: variant} if variant else None
         if isinstance(output, QueryError):
-            return error_response(output.status, str(output))
+            return error_response(output.status, str(output), headers)
         if isinstance(output, _InternalError):
-            return error_response(500, "Internal server error")
-        return Response(orjson.dumps(self._payload(output)), media_type="application/json")
+            return error_response(500, "Internal server error", headers)
+        payload = {**self._payload(output), "variant": variant}
+        return Response(orjson.dumps(payload), media_type="application/json", headers=headers)
 
     def _payload(self, output: Any) -> dict:
         raise NotImplementedError
@@ -266,11 +309,15 @@ class RetrieveAPI(_BundleAPI):
     """POST /retrieve: top-k products for a buyer's recent interactions."""
 
     def __init__(
-        self, bundle: str, settings: RecommenderSettings, coordinator: Coordinator, **kwargs: Any
+        self,
+        bundle: str | VariantsConfig,
+        settings: RecommenderSettings,
+        coordinator: Coordinator,
+        **kwargs: Any,
     ) -> None:
         super().__init__(bundle, settings, coordinator, api_path="/retrieve", **kwargs)
 
-    def decode_request(self, request: RetrieveRequest) -> Query | QueryError | _InternalError:
+    def decode_request(self, request: RetrieveRequest) -> _Routed | QueryError | _InternalError:
         return self._to_query(request)
 
     def _run(self, recommender: Recommender, queries: list[Query]) -> list:
@@ -292,11 +339,15 @@ class EncodeBuyerAPI(_BundleAPI):
     """POST /encode_buyer: the buyer vector for recent interactions (for an external vector store)."""
 
     def __init__(
-        self, bundle: str, settings: RecommenderSettings, coordinator: Coordinator, **kwargs: Any
+        self,
+        bundle: str | VariantsConfig,
+        settings: RecommenderSettings,
+        coordinator: Coordinator,
+        **kwargs: Any,
     ) -> None:
         super().__init__(bundle, settings, coordinator, api_path="/encode_buyer", **kwargs)
 
-    def decode_request(self, request: EncodeBuyerRequest) -> Query | QueryError | _InternalError:
+    def decode_request(self, request: EncodeBuyerRequest) -> _Routed | QueryError | _InternalError:
         return self._to_query(request)
 
     def _run(self, recommender: Recommender, queries: list[Query]) -> list:
