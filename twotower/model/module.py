@@ -1,4 +1,5 @@
-"""TwoTowerModule: the towers, InfoNCE training, and full-catalog ranking metrics."""
+"""TwoTowerModule: the towers, softmax training (full-catalog or sampled), full-catalog ranking metrics and
+text retention. (A little over 300 lines: the Lightning hooks of one model belong together.)"""
 
 from __future__ import annotations
 
@@ -14,14 +15,43 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from twotower.data.batches import HistoryBatch, SequenceBatch
 from twotower.data.catalog import Catalog, Vocabulary
 from twotower.metrics import RetrievalMetrics, topk_scores_chunked
-from twotower.model.buyer_tower import BuyerTower
-from twotower.model.item_tower import ItemTower
-from twotower.model.losses import InfoNCELoss, item_log_q, mixed_log_q, sample_negatives
+from twotower.model.buyer_tower import BuyerTower, BuyerTowerConfig
+from twotower.model.item_tower import ItemTower, ItemTowerConfig
+from twotower.model.losses import (
+    InfoNCELoss,
+    info_nce_from_embeddings,
+    item_log_q,
+    mixed_log_q,
+    sample_negatives,
+)
+from twotower.model.retention import Retention, default_noise, retention_queries, text_retention
 from twotower.text.cache import TextFeatureCache
 
 log = logging.getLogger(__name__)
+
+# Checkpoints written before the hybrid tower store item_tower dicts without these keys: they meant this.
+LEGACY_ITEM_TOWER = {"id_embedding": 0, "id_dropout": 0.0, "use_text": True, "text_residual": False}
+
+
+def tower_config(kind: type, value: Any, key: str) -> Any:
+    """An ItemTowerConfig/BuyerTowerConfig from a config object or a plain dict (a checkpoint's hparams)."""
+    if value is None:
+        return kind()
+    if isinstance(value, kind):
+        return value
+    options = {k: v for k, v in dict(value).items() if not str(k).startswith("_")}
+    if kind is ItemTowerConfig:
+        options = {**LEGACY_ITEM_TOWER, **options}
+    try:
+        return kind(**options)
+    except TypeError as error:
+        valid = ", ".join(kind.__dataclass_fields__)
+        raise ValueError(
+            f"model.{key} {options} has a key that is not an option ({valid}): {error}"
+        ) from error
 
 
 class TwoTowerModule(L.LightningModule):
@@ -40,8 +70,11 @@ class TwoTowerModule(L.LightningModule):
         text_encoder: Any = None,
         text_encoder_config: dict | None = None,
         freeze_text_encoder: bool = True,
-        item_tower: dict | None = None,
-        buyer_tower: dict | None = None,
+        item_tower: ItemTowerConfig | dict | None = None,
+        buyer_tower: BuyerTowerConfig | dict | None = None,
+        item_vocab: Sequence[str] | None = None,
+        full_softmax_max_items: int = 20000,
+        text_retention_queries: int = 1000,
         temperature: float = 0.07,
         num_negatives: int = 256,
         negative_sampling_alpha: float = 0.0,
@@ -59,15 +92,22 @@ class TwoTowerModule(L.LightningModule):
         if not k_values or min(k_values) < 1:
             raise ValueError(f"model.k_values must be positive integers, got {list(k_values)}")
         self.save_hyperparameters(ignore=["text_encoder", "optimizer", "scheduler"])
+        self.item_config = tower_config(ItemTowerConfig, item_tower, "item_tower")
+        buyer_config = tower_config(BuyerTowerConfig, buyer_tower, "buyer_tower")
+        # plain dicts in the checkpoint: loadable with weights_only=True and by load_buyer_tower
+        self.hparams["item_tower"], self.hparams["buyer_tower"] = (
+            self.item_config.as_dict(),
+            buyer_config.as_dict(),
+        )
         self.brand_vocab, self.category_vocab = (
             Vocabulary(list(brand_vocab)),
             Vocabulary(list(category_vocab)),
         )
-        self.item_tower = ItemTower(
-            text_dim, len(self.brand_vocab), len(self.category_vocab), **dict(item_tower or {})
-        )
+        # The ID vocabulary (product ids seen in training) is known once the training catalog is attached;
+        # a checkpoint carries it in its hyperparameters. Until then the item tower has no ID embedding.
+        self._build_item_tower(item_vocab)
         embedding_dim = self.item_tower.output_dim
-        self.buyer_tower = BuyerTower(embedding_dim=embedding_dim, **dict(buyer_tower or {}))
+        self.buyer_tower = BuyerTower(embedding_dim=embedding_dim, **buyer_config.as_dict())
         self.loss_fn = InfoNCELoss(temperature, use_log_q_correction=use_log_q_correction)
         self.fine_tune_text = not freeze_text_encoder
         if self.fine_tune_text:
@@ -84,6 +124,23 @@ class TwoTowerModule(L.LightningModule):
         self.max_k = max(self.k_values)
         self._catalog_size = 0
         self._item_embeddings: Tensor | None = None
+        self._retention_inputs: tuple[Tensor, Tensor] | None = None
+        self.last_text_retention: Retention | None = None
+
+    def _build_item_tower(self, item_vocab: Sequence[str] | None) -> None:
+        config = self.item_config.as_dict()
+        wants_ids = config["id_embedding"] > 0
+        if wants_ids and item_vocab is None:
+            config.update(id_embedding=0, use_text=True)  # placeholder until the vocabulary is known
+        self.item_vocab = None if item_vocab is None else list(item_vocab)
+        self._id_lookup = {pid: i + 1 for i, pid in enumerate(self.item_vocab or [])}  # 0 = reserved
+        self.item_tower = ItemTower(
+            self.hparams.text_dim,
+            len(self.brand_vocab),
+            len(self.category_vocab),
+            num_ids=len(self._id_lookup) + 1 if item_vocab is not None else 0,
+            **config,
+        )
 
     # -- catalog features ----------------------------------------------------------------------
     @property
@@ -93,7 +150,16 @@ class TwoTowerModule(L.LightningModule):
     def attach_catalog(self, catalog: Catalog, item_counts: np.ndarray | None = None) -> None:
         """Attach a catalog's item features: cached text vectors (encoded once) + vocabulary indices."""
         self._catalog_size = len(catalog)
-        self._texts = catalog.texts
+        self._texts, self._titles = catalog.texts, list(catalog.titles)
+        if self.item_config.id_embedding > 0 and self.item_vocab is None and item_counts is not None:
+            # first attach in training: the vocabulary is the items with training interactions
+            vocab = [pid for pid, count in zip(catalog.product_ids, item_counts, strict=True) if count > 0]
+            self._build_item_tower(vocab)
+            self.item_tower.to(self.device)
+            self.hparams["item_vocab"] = vocab
+        ids = np.array([self._id_lookup.get(pid, 0) for pid in catalog.product_ids], dtype=np.int64)
+        self.register_buffer("id_index", torch.from_numpy(ids), persistent=False)
+        self._retention_inputs = None
         if not self.fine_tune_text:
             features = self._encode_texts_once(self._texts)
             if features.shape[1] != self.hparams.text_dim:
@@ -156,7 +222,10 @@ class TwoTowerModule(L.LightningModule):
         else:
             text = self.text_features[items]
         return self.item_tower(
-            text.to(self.item_tower.mlp[0].weight.dtype), self.brand_index[items], self.category_index[items]
+            text.to(self.item_tower.dtype),
+            self.brand_index[items],
+            self.category_index[items],
+            self.id_index[items],
         )
 
     def embed_buyers(
@@ -176,49 +245,58 @@ class TwoTowerModule(L.LightningModule):
         return vectors
 
     # -- training ---------------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        history, weights, mask, target = (
-            batch["history_items"],
-            batch["history_weights"],
-            batch["history_mask"],
-            batch["target"],
-        )
-        negatives, _ = sample_negatives(
-            self._catalog_size,
-            self.hparams.num_negatives,
-            item_counts=self.item_counts,
-            alpha=self.hparams.negative_sampling_alpha,
-        )
-        negatives = negatives.to(self.device)
-        # Run the item tower once over the unique items this batch touches.
-        touched, inverse = torch.unique(
-            torch.cat([history.flatten(), target, negatives]), return_inverse=True
-        )
-        vectors = self.embed_items(touched)  # [U, D]
-        n_history = history.numel()
-        buyers = self.buyer_tower.pool(
-            vectors, inverse[:n_history].view(history.shape), weights, mask
-        )  # [B, D]
-        # Candidates: each row's positive (duplicates across rows are masked as accidental hits) + negatives.
-        candidate_ids = torch.cat([target, negatives])  # [B + M]
-        candidates = vectors[inverse[n_history:]]  # [B + M, D]
-        log_q = None
-        if self.hparams.use_log_q_correction:
-            # positives arrive ∝ popularity, negatives ∝ popularity^alpha: correct by the expected count of each
-            log_q = mixed_log_q(
-                item_log_q(self.item_counts, 1.0)[candidate_ids],
-                len(target),
-                item_log_q(self.item_counts, self.hparams.negative_sampling_alpha)[candidate_ids],
-                len(negatives),
+    def training_step(self, batch: HistoryBatch | SequenceBatch, batch_idx: int) -> Tensor:
+        if isinstance(batch, SequenceBatch):
+            history, weights, mask = batch.items, batch.weights, batch.mask
+        else:
+            history, weights, mask = batch.history_items, batch.history_weights, batch.history_mask
+        target = batch.target
+        full = self._catalog_size <= self.hparams.full_softmax_max_items
+        if full:
+            # Full softmax: every catalog item is a candidate (one matmul), no sampling bias to correct.
+            candidate_ids = torch.arange(self._catalog_size, device=self.device)
+            negatives = candidate_ids[:0]
+        else:
+            negatives, _ = sample_negatives(
+                self._catalog_size,
+                self.hparams.num_negatives,
+                item_counts=self.item_counts,
+                alpha=self.hparams.negative_sampling_alpha,
             )
-        loss = self.loss_fn(
-            buyers,
-            candidates,
-            torch.arange(len(target), device=self.device),
-            query_item_ids=target,
-            candidate_item_ids=candidate_ids,
-            candidate_log_q=log_q,
-        )
+            negatives = negatives.to(self.device)
+            candidate_ids = torch.cat([target, negatives])  # each row's positive, then the negatives
+        # Run the item tower once over the unique items this batch touches.
+        touched, inverse = torch.unique(torch.cat([history.flatten(), candidate_ids]), return_inverse=True)
+        vectors = self.embed_items(touched)  # [U, D]
+        history_index = inverse[: history.numel()].view(history.shape)
+        candidates = vectors[inverse[history.numel() :]]  # [C, D]
+        if isinstance(batch, SequenceBatch):
+            # one causal pass per window; each target reads the output at its history's last position
+            outputs = self.buyer_tower.forward_all(vectors[history_index], weights, mask)  # [W, L, D]
+            buyers = outputs[batch.query_window, batch.query_position]  # [T, D]
+        else:
+            buyers = self.buyer_tower.pool(vectors, history_index, weights, mask)  # [B, D]
+        if full:
+            # the whole catalog on every rank already: no cross-rank gather, no logQ (nothing was sampled)
+            loss = info_nce_from_embeddings(buyers, candidates, target, self.hparams.temperature)
+        else:
+            log_q = None
+            if self.hparams.use_log_q_correction:
+                # positives arrive ∝ popularity, negatives ∝ popularity^alpha: correct by each one's expected count
+                log_q = mixed_log_q(
+                    item_log_q(self.item_counts, 1.0)[candidate_ids],
+                    len(target),
+                    item_log_q(self.item_counts, self.hparams.negative_sampling_alpha)[candidate_ids],
+                    len(negatives),
+                )
+            loss = self.loss_fn(
+                buyers,
+                candidates,
+                torch.arange(len(target), device=self.device),
+                query_item_ids=target,
+                candidate_item_ids=candidate_ids,
+                candidate_log_q=log_q if self.hparams.use_log_q_correction else None,
+            )
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(target))
         return loss
 
@@ -234,6 +312,7 @@ class TwoTowerModule(L.LightningModule):
 
     # -- evaluation -------------------------------------------------------------------------------
     def _start_eval(self, prefix: str) -> None:
+        self._eval_prefix = prefix
         self._item_embeddings = self.embed_catalog()
         self._metrics = torch.nn.ModuleDict(
             {
@@ -247,12 +326,12 @@ class TwoTowerModule(L.LightningModule):
         k = min(self.max_k, self._catalog_size)
         self._popular = torch.topk(self.item_counts, k).indices  # [k]
 
-    def _eval_step(self, batch: dict[str, Tensor]) -> None:
+    def _eval_step(self, batch: HistoryBatch) -> None:
         buyers = self.embed_buyers(
-            batch["history_items"], batch["history_weights"], batch["history_mask"], self._item_embeddings
+            batch.history_items, batch.history_weights, batch.history_mask, self._item_embeddings
         )
         _, top = topk_scores_chunked(buyers.float(), self._item_embeddings.float(), self.max_k)  # [B, K]
-        target = batch["target"]
+        target = batch.target
         self._metrics["model"].update(top, target)
         cold = self.item_counts[target] == 0
         self._metrics["cold"].update(top[cold], target[cold])
@@ -262,9 +341,41 @@ class TwoTowerModule(L.LightningModule):
         values: dict[str, Tensor] = {}
         for metric in self._metrics.values():
             values.update(metric.compute())
+        retention = self.text_retention(self._item_embeddings) if self._eval_prefix == "val" else None
+        if retention is not None:
+            values["val/text_retention"] = torch.tensor(retention.ratio, device=self.device)
         self.log_dict(values, sync_dist=False)  # torchmetrics already synced the states across ranks
         self._item_embeddings = None
         return values
+
+    @torch.no_grad()
+    def text_retention(self, item_vectors: Tensor | None = None) -> Retention | None:
+        """Text retention of the item tower (see twotower.model.retention); None where it cannot be measured.
+
+        The noisy queries are encoded once per attached catalog. Also kept in `last_text_retention`.
+        """
+        n = int(self.hparams.text_retention_queries)
+        if n <= 0 or self.fine_tune_text or not self.item_tower.use_text or self._catalog_size == 0:
+            return None
+        if self._retention_inputs is None:
+            try:
+                noise = default_noise()
+            except ImportError as error:
+                log.warning("text retention not measured: %s", error)
+                self.hparams["text_retention_queries"] = 0
+                return None
+            queries, sources = retention_queries(self._titles, noise, n, seed=0)
+            raw = torch.from_numpy(self.encoder.encode(queries, show_progress=False)).to(self.device)
+            self._retention_inputs = (raw, torch.from_numpy(sources).to(self.device))
+        if item_vectors is None:
+            item_vectors = self.embed_catalog()
+        was_training = self.item_tower.training
+        self.item_tower.eval()
+        raw, sources = self._retention_inputs
+        result = text_retention(raw, sources, self.text_features, item_vectors, self.item_tower.text_path)
+        self.item_tower.train(was_training)
+        self.last_text_retention = result
+        return result
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval("val")
