@@ -110,3 +110,16 @@ def test_text_retention_is_one_for_the_encoder_and_low_for_a_scrambled_tower():
     assert same.ratio == 1.0 and same.raw_recall > 0.9
     shuffled = catalog[torch.randperm(200)]  # item vectors that forgot which text is which
     assert text_retention(queries, sources, catalog, shuffled, lambda x: x).ratio < 0.2
+
+
+def test_length_buckets_cover_every_window_once_per_epoch():
+    from twotower.data.batches import LengthBucketBatchSampler
+
+    lengths = np.random.default_rng(0).integers(1, 100, 203)
+    sampler = LengthBucketBatchSampler(lengths, batch_size=8, pool=4)
+    for _ in range(2):
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        assert sorted(i for b in batches for i in b) == list(range(203))
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    assert padded < 0.8 * sum(len(b) * 99 for b in batches)  # far less padding than random batches would get

@@ -162,3 +162,13 @@ def test_id_only_tower_ignores_text_and_needs_ids():
     )
     with pytest.raises(ValueError, match="ID-only"):
         ItemTower(8, 2, 2, use_text=False)
+
+
+@pytest.mark.parametrize("method", sorted(AGGREGATIONS))
+def test_forward_at_equals_forward_all_at_the_queried_positions(method):
+    torch.manual_seed(0)
+    tower = BuyerTower(method, 16).eval()
+    vectors, weights, mask = _history(batch=3, length=6, dim=16)
+    rows, cols = torch.tensor([0, 1, 1, 2]), torch.tensor([5, 0, 3, 4])
+    expected = tower.forward_all(vectors, weights, mask)[rows, cols]
+    torch.testing.assert_close(tower.forward_at(vectors, weights, mask, rows, cols), expected)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from twotower.data.sequences import EventLog
 
@@ -144,3 +144,33 @@ class SequenceDataset(Dataset):
 
     def __getitem__(self, index: int) -> SequenceBatch:
         return self.__getitems__([index])
+
+
+class LengthBucketBatchSampler(Sampler[list[int]]):
+    """Random batches of windows of similar length: padding to the batch's longest window costs compute.
+
+    Each epoch: shuffle, cut into pools of `pool` batches, sort each pool by window length, batch it, then
+    shuffle the batches. Every window appears exactly once per epoch.
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, pool: int = 50, seed: int = 0) -> None:
+        self.lengths, self.batch_size, self.pool = np.asarray(lengths), batch_size, pool
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng(self.seed + self.epoch)
+        self.epoch += 1
+        order = rng.permutation(len(self.lengths))
+        batches: list[list[int]] = []
+        step = self.batch_size * self.pool
+        for start in range(0, len(order), step):
+            chunk = order[start : start + step]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches.extend(
+                chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)
+            )
+        for index in rng.permutation(len(batches)):
+            yield batches[index]

@@ -11,7 +11,7 @@ import numpy as np
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
-from twotower.data.batches import HistoryBatch, SequenceDataset, build_windows
+from twotower.data.batches import HistoryBatch, LengthBucketBatchSampler, SequenceDataset, build_windows
 from twotower.data.catalog import Catalog, load_catalog
 from twotower.data.io import DEFAULT_CHUNKSIZE
 from twotower.data.report import DataReport
@@ -198,7 +198,19 @@ class TwoTowerDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if self.sequence_training:
-            return self._loader(self.sequence_dataset("train"), self.sequence_batch_size, shuffle=True)
+            dataset = self.sequence_dataset("train")
+            if (
+                self.trainer is not None and self.trainer.world_size > 1
+            ):  # DDP: its sampler shards the windows
+                return self._loader(dataset, self.sequence_batch_size, shuffle=True)
+            lengths = dataset.windows.end - dataset.windows.start
+            return DataLoader(
+                dataset,
+                batch_sampler=LengthBucketBatchSampler(lengths, self.sequence_batch_size),
+                num_workers=self.num_workers,
+                collate_fn=_batch_as_is,
+                persistent_workers=self.num_workers > 0,
+            )
         return self._loader(self.dataset("train"), self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

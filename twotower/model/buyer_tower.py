@@ -61,6 +61,12 @@ class Aggregation(nn.Module):
         ]
         return torch.stack(outputs, dim=1)
 
+    def forward_at(
+        self, history: Tensor, weights: Tensor, mask: Tensor, rows: Tensor, cols: Tensor
+    ) -> Tensor:
+        """[T, D]: forward_all(...)[rows, cols], for subclasses that can skip positions nobody queries."""
+        return self.forward_all(history, weights, mask)[rows, cols]
+
 
 @register_aggregation("weighted_avg")
 class WeightedAverage(Aggregation):
@@ -137,17 +143,24 @@ class _Block(nn.Module):
             nn.Linear(width, 2 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * width, width)
         )
 
-    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+    def forward(self, x: Tensor, bias: Tensor, last_only: bool = False) -> Tensor:
+        """x [B, L, W] -> [B, L, W]; with last_only, only the newest position's output [B, 1, W] (serving)."""
         batch, length, width = x.shape
+        head = width // self.heads
+        normed = self.norm1(x)
+        if last_only:
+            q = F.linear(normed[:, -1:], self.qkv.weight[:width], self.qkv.bias[:width])
+            k, v = F.linear(normed, self.qkv.weight[width:], self.qkv.bias[width:]).chunk(2, dim=-1)
+            x, bias = x[:, -1:], bias[:, :, -1:]
+        else:
+            q, k, v = self.qkv(normed).chunk(3, dim=-1)
         q, k, v = (
-            self.qkv(self.norm1(x))
-            .view(batch, length, 3, self.heads, width // self.heads)
-            .permute(2, 0, 3, 1, 4)
-        )  # 3 x [B, H, L, W/H]
+            t.reshape(batch, -1, self.heads, head).transpose(1, 2) for t in (q, k, v)
+        )  # [B, H, *, W/H]
         attended = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0
-        )  # [B, H, L, W/H]
-        x = x + self.out(attended.transpose(1, 2).reshape(batch, length, width))
+        )  # [B, H, L or 1, W/H]
+        x = x + self.out(attended.transpose(1, 2).reshape(batch, -1, width))
         return x + self.ffn(self.norm2(x))
 
 
@@ -182,29 +195,49 @@ class TransformerAggregation(Aggregation):
             torch.logspace(math.log10(0.5), math.log10(1 / 64), heads) if heads > 1 else torch.tensor([0.1])
         )
         self.log_slope = nn.Parameter(slopes.log())
+        self._geometry: dict[tuple[int, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
 
     def _bias(self, mask: Tensor) -> Tensor:
         """[B, H, L, L] additive attention bias: -slope * distance for earlier real keys, -inf elsewhere."""
         length = mask.shape[1]
-        position = torch.arange(length, device=mask.device)
-        distance = (position[:, None] - position[None, :]).to(self.log_slope.dtype)  # [L, L] query - key
+        key = (length, mask.device)
+        if key not in self._geometry:  # distances and the causal pattern depend only on the length
+            position = torch.arange(length, device=mask.device)
+            distance = (position[:, None] - position[None, :]).float()  # [L, L] query - key
+            self._geometry = {
+                key: (distance, distance >= 0, torch.eye(length, dtype=torch.bool, device=mask.device))
+            }
+        distance, causal, diagonal = self._geometry[key]
         bias = -self.log_slope.exp()[:, None, None] * distance  # [H, L, L]
-        allowed = (distance >= 0) & mask[:, None, :]  # [B, L, L]: causal, real keys only
-        allowed = allowed | torch.eye(length, dtype=torch.bool, device=mask.device)  # padding rows: no NaN
+        allowed = (causal & mask[:, None, :]) | diagonal  # [B, L, L]; the diagonal keeps padding rows finite
         return bias.unsqueeze(0).masked_fill(~allowed.unsqueeze(1), float("-inf"))
 
-    def forward_all(self, history: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
+    def _run(self, history: Tensor, weights: Tensor, mask: Tensor, last_only: bool) -> Tensor:
+        """Hidden states [B, L, W] (with last_only: [B, 1, W], the newest position only)."""
         event = torch.log1p(weights.clamp_min(0).to(history.dtype)).unsqueeze(-1)  # [B, L, 1]
         x = self.input(history) + self.event(event)  # [B, L, W]
         bias = self._bias(mask).to(x.dtype)
-        for block in self.blocks:
-            x = block(x, bias)
-        return self.output(self.norm(x)) + history  # [B, L, D]
+        for i, block in enumerate(self.blocks):
+            x = block(x, bias, last_only=last_only and i == len(self.blocks) - 1)
+        return x[:, -1:] if last_only and not len(self.blocks) else x
+
+    def _output(self, hidden: Tensor, item: Tensor) -> Tensor:
+        return self.output(self.norm(hidden)) + item  # residual: the item vector at that position
+
+    def forward_all(self, history: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
+        return self._output(self._run(history, weights, mask, last_only=False), history)
+
+    def forward_at(
+        self, history: Tensor, weights: Tensor, mask: Tensor, rows: Tensor, cols: Tensor
+    ) -> Tensor:
+        hidden = self._run(history, weights, mask, last_only=False)  # [B, L, W]
+        return self._output(hidden[rows, cols], history[rows, cols])  # project only the queried positions
 
     def forward(self, history: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
         if history.shape[1] == 0:
             return history.new_zeros(history.shape[0], history.shape[2])
-        last = self.forward_all(history, weights, mask)[:, -1]  # right-aligned: the newest event is last
+        # right-aligned histories: the newest event is last; the last block computes only that query
+        last = self._output(self._run(history, weights, mask, last_only=True)[:, 0], history[:, -1])
         return last * mask.any(dim=1, keepdim=True).to(last.dtype)  # an empty history -> zero vector
 
 
@@ -256,6 +289,12 @@ class BuyerTower(nn.Module):
     def forward_all(self, history: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
         """[B, L, D]: position l holds forward() of the history up to l (every next-item query of a sequence)."""
         return F.normalize(self.aggregate.forward_all(history, weights, mask.bool()), dim=-1)
+
+    def forward_at(
+        self, history: Tensor, weights: Tensor, mask: Tensor, rows: Tensor, cols: Tensor
+    ) -> Tensor:
+        """[T, D]: forward_all(...)[rows, cols] (training queries), skipping work for unqueried positions."""
+        return F.normalize(self.aggregate.forward_at(history, weights, mask.bool(), rows, cols), dim=-1)
 
 
 def load_buyer_tower(ckpt_path: str | Path, map_location: str = "cpu") -> BuyerTower:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ from twotower.metrics import RetrievalMetrics, topk_scores_chunked
 from twotower.model.buyer_tower import BuyerTower, BuyerTowerConfig
 from twotower.model.item_tower import ItemTower, ItemTowerConfig
 from twotower.model.losses import (
+    MASK_VALUE,
     InfoNCELoss,
-    info_nce_from_embeddings,
     item_log_q,
     mixed_log_q,
     sample_negatives,
@@ -75,6 +76,7 @@ class TwoTowerModule(L.LightningModule):
         item_vocab: Sequence[str] | None = None,
         full_softmax_max_items: int = 20000,
         text_retention_queries: int = 1000,
+        exclude_seen_in_loss: bool = False,
         temperature: float = 0.07,
         num_negatives: int = 256,
         negative_sampling_alpha: float = 0.0,
@@ -126,6 +128,7 @@ class TwoTowerModule(L.LightningModule):
         self._item_embeddings: Tensor | None = None
         self._retention_inputs: tuple[Tensor, Tensor] | None = None
         self.last_text_retention: Retention | None = None
+        self._epoch_examples, self._epoch_start = 0, time.perf_counter()
 
     def _build_item_tower(self, item_vocab: Sequence[str] | None) -> None:
         config = self.item_config.as_dict()
@@ -272,33 +275,65 @@ class TwoTowerModule(L.LightningModule):
         candidates = vectors[inverse[history.numel() :]]  # [C, D]
         if isinstance(batch, SequenceBatch):
             # one causal pass per window; each target reads the output at its history's last position
-            outputs = self.buyer_tower.forward_all(vectors[history_index], weights, mask)  # [W, L, D]
-            buyers = outputs[batch.query_window, batch.query_position]  # [T, D]
+            buyers = self.buyer_tower.forward_at(
+                vectors[history_index], weights, mask, batch.query_window, batch.query_position
+            )  # [T, D]
+            query_history = history[batch.query_window]  # [T, L]
+            query_mask = mask[batch.query_window] & (
+                torch.arange(history.shape[1], device=self.device)[None, :] <= batch.query_position[:, None]
+            )
         else:
             buyers = self.buyer_tower.pool(vectors, history_index, weights, mask)  # [B, D]
+            query_history, query_mask = history, mask.bool()
+        positive_column = torch.arange(len(target), device=self.device)  # sampled mode: row i's own target
+        query_ids = target
+        if self.hparams.exclude_seen_in_loss:
+            # Explore-only objective: serving scores the buyer's own items separately (repeat score) and can
+            # exclude them, so the model learns to rank *new* items: repeat targets are dropped and the
+            # history's items are no negatives.
+            seen = torch.zeros(len(target), self._catalog_size, dtype=torch.bool, device=self.device)
+            seen.scatter_(1, query_history, query_mask)  # [T, N]
+            new = ~seen.gather(1, target[:, None]).squeeze(1)
+            if not bool(new.any()):
+                return buyers.sum() * 0.0  # every target of this batch is a repeat: nothing to learn here
+            buyers, target, seen, positive_column = buyers[new], target[new], seen[new], positive_column[new]
+            # (sampled mode masks accidental hits but not the history's items among the negatives)
         if full:
             # the whole catalog on every rank already: no cross-rank gather, no logQ (nothing was sampled)
-            loss = info_nce_from_embeddings(buyers, candidates, target, self.hparams.temperature)
+            logits = (buyers @ candidates.T).float() / self.hparams.temperature  # [T, N]
+            if self.hparams.exclude_seen_in_loss:
+                logits = logits.masked_fill(seen, MASK_VALUE)
+            loss = torch.nn.functional.cross_entropy(logits, target)
         else:
             log_q = None
             if self.hparams.use_log_q_correction:
                 # positives arrive ∝ popularity, negatives ∝ popularity^alpha: correct by each one's expected count
                 log_q = mixed_log_q(
                     item_log_q(self.item_counts, 1.0)[candidate_ids],
-                    len(target),
+                    len(query_ids),
                     item_log_q(self.item_counts, self.hparams.negative_sampling_alpha)[candidate_ids],
                     len(negatives),
                 )
             loss = self.loss_fn(
                 buyers,
                 candidates,
-                torch.arange(len(target), device=self.device),
+                positive_column,
                 query_item_ids=target,
                 candidate_item_ids=candidate_ids,
                 candidate_log_q=log_q if self.hparams.use_log_q_correction else None,
             )
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(target))
+        self._epoch_examples += len(target)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_examples, self._epoch_start = 0, time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        # training throughput (next-item targets per second) and epoch time, for the ablation tables
+        seconds = time.perf_counter() - self._epoch_start
+        self.log("train/examples_per_s", self._epoch_examples / max(seconds, 1e-9), sync_dist=False)
+        self.log("train/epoch_seconds", seconds, sync_dist=False)
 
     def configure_optimizers(self) -> Any:
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))

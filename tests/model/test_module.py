@@ -1,0 +1,144 @@
+"""TwoTowerModule training paths on a tiny in-memory catalog: full vs sampled softmax, the ID vocabulary,
+the explore-only objective and the tower config objects in the checkpoint's hyperparameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from twotower.data.batches import HistoryBatch, SequenceBatch
+from twotower.data.catalog import Catalog, Vocabulary
+from twotower.model.buyer_tower import BuyerTowerConfig
+from twotower.model.item_tower import ItemTowerConfig
+from twotower.model.module import TwoTowerModule
+
+
+class HashEncoder:
+    """A frozen stand-in encoder: a fixed random vector per text."""
+
+    id, dim, trainable = "hash-encoder", 16, False
+
+    def encode(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
+        out = np.stack([np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(self.dim) for t in texts])
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _catalog(n: int = 12) -> Catalog:
+    ids = [f"p{i}" for i in range(n)]
+    return Catalog(
+        product_ids=ids,
+        titles=[f"title {i}" for i in range(n)],
+        descriptions=[""] * n,
+        brands=[""] * n,
+        categories=[""] * n,
+        photo_urls=[""] * n,
+        aliases={p: i for i, p in enumerate(ids)},
+        brand_vocab=Vocabulary(),
+        category_vocab=Vocabulary(),
+    )
+
+
+def _module(**kwargs) -> TwoTowerModule:
+    module = TwoTowerModule(
+        16,
+        ["<UNK>"],
+        ["<UNK>"],
+        text_encoder=HashEncoder(),
+        feature_cache_dir=None,
+        item_tower=ItemTowerConfig(output_dim=8, hidden_dim=8, id_embedding=4),
+        buyer_tower=BuyerTowerConfig("transformer", {"width": 8, "heads": 2, "layers": 1}),
+        **kwargs,
+    )
+    counts = np.array([3, 2, 1, 1, 1, 1, 1, 1, 0, 0, 5, 1], dtype=np.float32)  # p8, p9 never trained on
+    module.attach_catalog(_catalog(), counts)
+    module.log = lambda *args, **kwargs: None  # no Trainer attached
+    module.on_train_epoch_start()
+    return module
+
+
+def _sequence_batch() -> SequenceBatch:
+    items = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 0]])
+    return SequenceBatch(
+        items=items,
+        weights=torch.full((2, 4), 10.0),
+        mask=torch.tensor([[True] * 4, [True, True, True, False]]),
+        query_window=torch.tensor([0, 0, 1, 1]),
+        query_position=torch.tensor([0, 2, 1, 2]),
+        target=torch.tensor([1, 0, 6, 7]),  # row 1 repeats item 0 (seen at position 0)
+    )
+
+
+def test_id_vocabulary_is_the_trained_items_and_travels_in_hparams():
+    module = _module()
+    assert module.hparams["item_vocab"] == [f"p{i}" for i in range(12) if i not in (8, 9)]
+    assert module.id_index[8] == 0 and module.id_index[9] == 0 and module.id_index[0] > 0
+    assert module.hparams["item_tower"]["id_embedding"] == 4  # plain dicts, loadable with weights_only
+    assert module.hparams["buyer_tower"] == {
+        "aggregation_method": "transformer",
+        "options": {"width": 8, "heads": 2, "layers": 1},
+    }
+    reloaded = TwoTowerModule(
+        16,
+        ["<UNK>"],
+        ["<UNK>"],
+        **{k: module.hparams[k] for k in ("item_tower", "buyer_tower", "item_vocab")},
+    )
+    reloaded.load_state_dict(module.state_dict())  # same architecture from the hyperparameters alone
+
+
+def test_full_softmax_is_cross_entropy_over_the_whole_catalog():
+    torch.manual_seed(0)
+    module = _module(full_softmax_max_items=100)
+    batch = _sequence_batch()
+    module.eval()  # no dropout: the loss can be recomputed by hand
+    loss = module.training_step(batch, 0)
+    vectors = module.embed_catalog()
+    queries = module.buyer_tower.forward_all(vectors[batch.items], batch.weights, batch.mask)[
+        batch.query_window, batch.query_position
+    ]
+    expected = torch.nn.functional.cross_entropy(
+        queries @ vectors.T / module.hparams.temperature, batch.target
+    )
+    torch.testing.assert_close(loss, expected)
+
+
+def test_sampled_softmax_above_the_threshold_and_per_target_batches():
+    torch.manual_seed(0)
+    module = _module(full_softmax_max_items=5, num_negatives=4, use_log_q_correction=True)
+    loss = module.training_step(_sequence_batch(), 0)
+    assert torch.isfinite(loss)
+    history = HistoryBatch(
+        history_items=torch.tensor([[0, 1], [2, 3]]),
+        history_weights=torch.ones(2, 2),
+        history_mask=torch.ones(2, 2, dtype=torch.bool),
+        target=torch.tensor([4, 5]),
+    )
+    assert torch.isfinite(module.training_step(history, 0))
+    loss.backward()  # gradients reach the ID embedding
+    assert module.item_tower.id_embedding.weight.grad is not None
+
+
+def test_explore_only_objective_drops_repeats_and_masks_the_history():
+    torch.manual_seed(0)
+    module = _module(full_softmax_max_items=100, exclude_seen_in_loss=True)
+    module.eval()
+    batch = _sequence_batch()
+    loss = module.training_step(batch, 0)
+    vectors = module.embed_catalog()
+    queries = module.buyer_tower.forward_all(vectors[batch.items], batch.weights, batch.mask)[
+        batch.query_window, batch.query_position
+    ]
+    logits = queries @ vectors.T / module.hparams.temperature
+    keep = torch.tensor([0, 2, 3])  # target 0 of row 1 was seen at position 0: dropped
+    seen = torch.zeros(3, 12, dtype=torch.bool)
+    seen[0, [0]] = True
+    seen[1, [4, 5]] = True
+    seen[2, [4, 5, 6]] = True
+    expected = torch.nn.functional.cross_entropy(logits[keep].masked_fill(seen, -1.0e4), batch.target[keep])
+    torch.testing.assert_close(loss, expected)
+
+
+def test_unknown_tower_option_names_the_key():
+    with pytest.raises(ValueError, match="hiden_dim"):
+        TwoTowerModule(16, ["<UNK>"], ["<UNK>"], item_tower={"hiden_dim": 3})
