@@ -142,3 +142,27 @@ def test_explore_only_objective_drops_repeats_and_masks_the_history():
 def test_unknown_tower_option_names_the_key():
     with pytest.raises(ValueError, match="hiden_dim"):
         TwoTowerModule(16, ["<UNK>"], ["<UNK>"], item_tower={"hiden_dim": 3})
+
+
+def test_text_retention_through_the_module(monkeypatch):
+    import twotower.model.module as module_file
+
+    module = _module()
+    module.eval()
+    monkeypatch.setattr(module_file, "default_noise", lambda: lambda text, rng: text.upper())
+    result = module.text_retention()
+    assert result is not None and result.num_queries == 12 and module.last_text_retention is result
+    assert 0.0 <= result.ratio <= 12.0 and result.raw_recall > 0
+
+
+def test_text_retention_is_skipped_without_the_noise_module(monkeypatch, caplog):
+    import twotower.model.module as module_file
+
+    def missing():
+        raise ImportError("no noise module")
+
+    monkeypatch.setattr(module_file, "default_noise", missing)
+    module = _module()
+    assert module.text_retention() is None
+    assert "text retention not measured" in caplog.text
+    assert module.hparams["text_retention_queries"] == 1000  # the checkpoint keeps the setting

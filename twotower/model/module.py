@@ -129,6 +129,7 @@ class TwoTowerModule(L.LightningModule):
         self._retention_inputs: tuple[Tensor, Tensor] | None = None
         self.last_text_retention: Retention | None = None
         self._epoch_examples, self._epoch_start = 0, time.perf_counter()
+        self._retention_warned = False
 
     def _build_item_tower(self, item_vocab: Sequence[str] | None) -> None:
         config = self.item_config.as_dict()
@@ -396,8 +397,9 @@ class TwoTowerModule(L.LightningModule):
             try:
                 noise = default_noise()
             except ImportError as error:
-                log.warning("text retention not measured: %s", error)
-                self.hparams["text_retention_queries"] = 0
+                if not self._retention_warned:
+                    log.warning("text retention not measured: %s", error)
+                    self._retention_warned = True
                 return None
             queries, sources = retention_queries(self._titles, noise, n, seed=0)
             raw = torch.from_numpy(self.encoder.encode(queries, show_progress=False)).to(self.device)
