@@ -105,6 +105,31 @@ def run_one(name: str, overrides: list[str], data: list[str], epochs: int | None
     }
 
 
+def table(out: Path) -> str:
+    """Markdown table of the finished runs under `out` (recall@10 overall and by slice, time, throughput)."""
+    header = (
+        "| run | recall@10 | ndcg@10 | repeat | new_item | cold | val recall@10 | train wall s | examples/s |\n"
+        "|---|---|---|---|---|---|---|---|---|"
+    )
+    rows = [header]
+    for path in sorted(out.glob("*.json")):
+        r = json.loads(path.read_text())
+        model, slices = r["evaluate"]["model"], r["evaluate"].get("slices", {})
+
+        def cut(name: str, slices: dict = slices) -> str:
+            value = slices.get(name, {}).get("model", {})
+            value = value.get("recall@10") if isinstance(value, dict) else value
+            return "-" if value is None else f"{value:.4f}"
+
+        rate = r.get("examples_per_s")
+        rows.append(
+            f"| {r['name']} | {model['recall@10']:.4f} | {model['ndcg@10']:.4f} | {cut('repeat')} | "
+            f"{cut('new_item')} | {cut('cold')} | {r['val'].get('val/recall@10', float('nan')):.4f} | "
+            f"{r['train_wall_s']:.0f} | {'-' if rate is None else f'{rate:.0f}'} |"
+        )
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -115,11 +140,15 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="JSONs; default experiments/results/ablation/<data>"
     )
+    parser.add_argument("--table", action="store_true", help="print the finished runs as a markdown table")
     parser.add_argument("--work", type=Path, default=None, help="runs (checkpoints, bundles); default /tmp")
     args = parser.parse_args()
     out = (args.out or ROOT / "experiments" / "results" / "ablation" / args.data).resolve()
     work = (args.work or Path("/tmp") / "twotower_ablation" / args.data).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.table:
+        print(table(out))
+        return
     for name in [r for r in args.runs.split(",") if r]:
         if name not in RUNS:
             raise SystemExit(f"unknown run {name!r}; choose from {list(RUNS)}")

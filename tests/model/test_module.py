@@ -97,10 +97,10 @@ def test_full_softmax_is_cross_entropy_over_the_whole_catalog():
     queries = module.buyer_tower.forward_all(vectors[batch.items], batch.weights, batch.mask)[
         batch.query_window, batch.query_position
     ]
-    expected = torch.nn.functional.cross_entropy(
-        queries @ vectors.T / module.hparams.temperature, batch.target
-    )
-    torch.testing.assert_close(loss, expected)
+    logits = (queries @ vectors.T / module.hparams.temperature).masked_fill(module.item_counts == 0, -1.0e4)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, batch.target))
+    # items never seen in training (p8, p9) are no negatives: they would only learn to score low
+    assert torch.equal(module.item_counts == 0, torch.tensor([False] * 8 + [True, True, False, False]))
 
 
 def test_sampled_softmax_above_the_threshold_and_per_target_batches():
@@ -135,6 +135,7 @@ def test_explore_only_objective_drops_repeats_and_masks_the_history():
     seen[0, [0]] = True
     seen[1, [4, 5]] = True
     seen[2, [4, 5, 6]] = True
+    seen[:, [8, 9]] = True  # never-trained items are masked too
     expected = torch.nn.functional.cross_entropy(logits[keep].masked_fill(seen, -1.0e4), batch.target[keep])
     torch.testing.assert_close(loss, expected)
 

@@ -302,6 +302,10 @@ class TwoTowerModule(L.LightningModule):
         if full:
             # the whole catalog on every rank already: no cross-rank gather, no logQ (nothing was sampled)
             logits = (buyers @ candidates.T).float() / self.hparams.temperature  # [T, N]
+            # Items without training interactions are never positives: as ever-present negatives they would
+            # only learn to score low, and cold items (text path only) would never be recommended.
+            never_positive = (self.item_counts == 0).unsqueeze(0)  # [1, N]
+            logits = logits.masked_fill(never_positive, MASK_VALUE)
             if self.hparams.exclude_seen_in_loss:
                 logits = logits.masked_fill(seen, MASK_VALUE)
             loss = torch.nn.functional.cross_entropy(logits, target)
