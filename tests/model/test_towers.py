@@ -172,3 +172,16 @@ def test_forward_at_equals_forward_all_at_the_queried_positions(method):
     rows, cols = torch.tensor([0, 1, 1, 2]), torch.tensor([5, 0, 3, 4])
     expected = tower.forward_all(vectors, weights, mask)[rows, cols]
     torch.testing.assert_close(tower.forward_at(vectors, weights, mask, rows, cols), expected)
+
+
+@pytest.mark.parametrize("residual", ["mean", "last"])
+def test_transformer_residuals_keep_prefix_equality(residual):
+    torch.manual_seed(0)
+    tower = BuyerTower("transformer", 16, options={"residual": residual}).eval()
+    vectors, weights, mask = _history(batch=2, length=5, dim=16)
+    out = tower.forward_all(vectors, weights, mask)
+    for length in (4, 5):
+        expected = tower(vectors[:, :length], weights[:, :length], mask[:, :length])
+        torch.testing.assert_close(out[:, length - 1], expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="residual"):
+        BuyerTower("transformer", 16, options={"residual": "first"})

@@ -94,6 +94,9 @@ class WeightedAverage(Aggregation):
         return torch.cumsum(weights.unsqueeze(-1) * history, dim=1) / totals.unsqueeze(-1)  # [B, L, D]
 
 
+_MEAN = WeightedAverage(0)  # parameter-free: shared by the transformer's mean residual
+
+
 @register_aggregation("attention")
 class AttentionAggregation(Aggregation):
     """Learned relevance scores (MLP D -> hidden -> 1) plus log event weights, softmax over the unmasked history."""
@@ -173,16 +176,25 @@ class TransformerAggregation(Aggregation):
     attention bias on the distance between positions (ALiBi), so the output at a position depends only on
     that position and earlier ones, and does not change with left padding: the prefix outputs of one pass
     over a sequence are exactly what forward() returns for each prefix (training uses that, serving forward).
-    The output adds the last item's vector (a residual), so an untrained tower starts at "more like the last".
+    The output adds a residual, so an untrained tower starts at a known aggregation: `residual=mean` the
+    event-weighted mean of the history up to that position (weighted_avg), `residual=last` the newest item.
     """
 
     def __init__(
-        self, embedding_dim: int, width: int = 64, heads: int = 2, layers: int = 2, dropout: float = 0.1
+        self,
+        embedding_dim: int,
+        width: int = 64,
+        heads: int = 2,
+        layers: int = 2,
+        dropout: float = 0.1,
+        residual: str = "mean",
     ) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"model.buyer_tower.options.width={width} must be a multiple of heads={heads}")
-        self.heads = heads
+        if residual not in ("mean", "last"):
+            raise ValueError(f"model.buyer_tower.options.residual must be 'mean' or 'last', got {residual!r}")
+        self.heads, self.residual = heads, residual
         self.input = nn.Linear(embedding_dim, width)
         self.event = nn.Linear(1, width)
         self.blocks = nn.ModuleList(_Block(width, heads, dropout) for _ in range(layers))
@@ -224,20 +236,27 @@ class TransformerAggregation(Aggregation):
     def _output(self, hidden: Tensor, item: Tensor) -> Tensor:
         return self.output(self.norm(hidden)) + item  # residual: the item vector at that position
 
+    def _residuals(self, history: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
+        """[B, L, D] residual at each position (causal)."""
+        return _MEAN.forward_all(history, weights, mask) if self.residual == "mean" else history
+
     def forward_all(self, history: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
-        return self._output(self._run(history, weights, mask, last_only=False), history)
+        hidden = self._run(history, weights, mask, last_only=False)
+        return self._output(hidden, self._residuals(history, weights, mask))
 
     def forward_at(
         self, history: Tensor, weights: Tensor, mask: Tensor, rows: Tensor, cols: Tensor
     ) -> Tensor:
         hidden = self._run(history, weights, mask, last_only=False)  # [B, L, W]
-        return self._output(hidden[rows, cols], history[rows, cols])  # project only the queried positions
+        residual = self._residuals(history, weights, mask)[rows, cols]
+        return self._output(hidden[rows, cols], residual)  # project only the queried positions
 
     def forward(self, history: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
         if history.shape[1] == 0:
             return history.new_zeros(history.shape[0], history.shape[2])
+        residual = _MEAN(history, weights, mask) if self.residual == "mean" else history[:, -1]
         # right-aligned histories: the newest event is last; the last block computes only that query
-        last = self._output(self._run(history, weights, mask, last_only=True)[:, 0], history[:, -1])
+        last = self._output(self._run(history, weights, mask, last_only=True)[:, 0], residual)
         return last * mask.any(dim=1, keepdim=True).to(last.dtype)  # an empty history -> zero vector
 
 
