@@ -58,6 +58,20 @@ RUNS: dict[str, list[str]] = {
 }
 
 
+def training_scalars(train_dir: Path) -> dict[str, list[float]]:
+    """Per-epoch throughput and epoch time from the run's TensorBoard events (the manifest keeps only the end)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[float]] = {}
+    for path in sorted(train_dir.glob("tensorboard/**/events.out*")):
+        events = EventAccumulator(str(path))
+        events.Reload()
+        for tag in ("train/examples_per_s", "train/epoch_seconds", "val/recall@10"):
+            if tag in events.Tags()["scalars"]:
+                out[tag] = [round(e.value, 4) for e in events.Scalars(tag)]
+    return out
+
+
 def run_one(name: str, overrides: list[str], data: list[str], epochs: int | None, work: Path) -> dict:
     run_dir = work / name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +105,8 @@ def run_one(name: str, overrides: list[str], data: list[str], epochs: int | None
         subprocess.run(eval_cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     manifest = json.loads((run_dir / "train" / "bundle" / "manifest.json").read_text())
     metrics = manifest.get("metrics", {})
+    scalars = training_scalars(run_dir / "train")
+    rates, seconds = scalars.get("train/examples_per_s", []), scalars.get("train/epoch_seconds", [])
     return {
         "name": name,
         "overrides": overrides,
@@ -98,8 +114,9 @@ def run_one(name: str, overrides: list[str], data: list[str], epochs: int | None
         "evaluate_command": " ".join(eval_cmd[1:]),
         "train_wall_s": round(train_seconds, 1),
         "evaluate_wall_s": round(time.perf_counter() - start, 1),
-        "examples_per_s": metrics.get("train/examples_per_s"),
-        "epoch_seconds": metrics.get("train/epoch_seconds"),
+        "examples_per_s": round(sum(rates) / len(rates), 1) if rates else None,
+        "fit_seconds": round(sum(seconds), 1) if seconds else None,
+        "per_epoch": scalars,
         "val": {k: v for k, v in metrics.items() if k.startswith("val/")},
         "evaluate": json.loads((run_dir / "evaluate" / "metrics.json").read_text()),
     }
