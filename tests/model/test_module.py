@@ -167,3 +167,25 @@ def test_text_retention_is_skipped_without_the_noise_module(monkeypatch, caplog)
     assert module.text_retention() is None
     assert "text retention not measured" in caplog.text
     assert module.hparams["text_retention_queries"] == 1000  # the checkpoint keeps the setting
+
+
+def test_text_alignment_loss_pulls_text_queries_to_their_items():
+    torch.manual_seed(0)
+    module = _module(full_softmax_max_items=100, text_alignment_weight=1.0, text_alignment_items=12)
+    module.eval()
+    torch.manual_seed(1)
+    alignment = module._text_alignment_loss()
+    torch.manual_seed(1)
+    order = torch.randperm(12)
+    text = module.item_tower.text_path(module.text_features[order])
+    logits = text @ module.embed_items(order).T / module.hparams.temperature
+    torch.testing.assert_close(alignment, torch.nn.functional.cross_entropy(logits, torch.arange(12)))
+    plain = _module(full_softmax_max_items=100)
+    plain.load_state_dict(module.state_dict())
+    plain.eval()
+    batch = _sequence_batch()
+    torch.manual_seed(2)
+    with_alignment = module.training_step(batch, 0)
+    torch.manual_seed(2)
+    expected = plain.training_step(batch, 0) + module._text_alignment_loss()
+    torch.testing.assert_close(with_alignment, expected)

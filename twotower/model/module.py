@@ -77,6 +77,8 @@ class TwoTowerModule(L.LightningModule):
         full_softmax_max_items: int = 20000,
         text_retention_queries: int = 1000,
         exclude_seen_in_loss: bool = False,
+        text_alignment_weight: float = 0.0,
+        text_alignment_items: int = 512,
         temperature: float = 0.07,
         num_negatives: int = 256,
         negative_sampling_alpha: float = 0.0,
@@ -327,9 +329,27 @@ class TwoTowerModule(L.LightningModule):
                 candidate_item_ids=candidate_ids,
                 candidate_log_q=log_q if self.hparams.use_log_q_correction else None,
             )
+        if self.hparams.text_alignment_weight > 0 and self.item_tower.use_text:
+            alignment = self._text_alignment_loss()
+            self.log("train/text_alignment", alignment, on_step=False, on_epoch=True, batch_size=len(target))
+            loss = loss + self.hparams.text_alignment_weight * alignment
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(target))
         self._epoch_examples += len(target)
         return loss
+
+    def _text_alignment_loss(self) -> Tensor:
+        """Keeps text queries finding their items: a random set of catalog items' text-only embeddings (reserved
+        ID, no brand/category, as a text query is embedded) must pick out their own full item vectors among
+        the set (softmax over the set). This is what the text-retention metric measures."""
+        count = min(self.hparams.text_alignment_items, self._catalog_size)
+        items = torch.randperm(self._catalog_size, device=self.device)[:count]
+        full = self.embed_items(items)  # [K, D] with IDs, brand, category
+        text = self.text_features[items] if not self.fine_tune_text else None
+        if text is None:
+            return full.sum() * 0.0  # fine-tuned encoders: no cached text features to align
+        queries = self.item_tower.text_path(text)  # [K, D]
+        logits = (queries @ full.T).float() / self.hparams.temperature
+        return torch.nn.functional.cross_entropy(logits, torch.arange(count, device=self.device))
 
     def on_train_epoch_start(self) -> None:
         self._epoch_examples, self._epoch_start = 0, time.perf_counter()
