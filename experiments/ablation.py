@@ -125,7 +125,7 @@ def run_one(name: str, overrides: list[str], data: list[str], epochs: int | None
 def table(out: Path) -> str:
     """Markdown table of the finished runs under `out` (recall@10 overall and by slice, time, throughput)."""
     header = (
-        "| run | recall@10 | ndcg@10 | repeat | new_item | cold | val recall@10 | train wall s | examples/s |\n"
+        "| run | recall@10 | ndcg@10 | repeat | new_item | cold | best val recall@10 | train wall s | examples/s |\n"
         "|---|---|---|---|---|---|---|---|---|"
     )
     rows = [header]
@@ -138,11 +138,16 @@ def table(out: Path) -> str:
             value = value.get("recall@10") if isinstance(value, dict) else value
             return "-" if value is None else f"{value:.4f}"
 
-        rate = r.get("examples_per_s")
+        def number(value: float | None, digits: int) -> str:
+            return "-" if value is None else f"{value:.{digits}f}"
+
+        history = r.get("per_epoch", {}).get("val/recall@10") or [r["val"].get("val/recall@10")]
+        values = [v for v in history if v is not None]
+        best_val = max(values) if values else None
         rows.append(
             f"| {r['name']} | {model['recall@10']:.4f} | {model['ndcg@10']:.4f} | {cut('repeat')} | "
-            f"{cut('new_item')} | {cut('cold')} | {r['val'].get('val/recall@10', float('nan')):.4f} | "
-            f"{r['train_wall_s']:.0f} | {'-' if rate is None else f'{rate:.0f}'} |"
+            f"{cut('new_item')} | {cut('cold')} | {number(best_val, 4)} | "
+            f"{number(r.get('train_wall_s'), 0)} | {number(r.get('examples_per_s'), 0)} |"
         )
     return "\n".join(rows)
 
