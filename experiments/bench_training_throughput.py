@@ -1,10 +1,12 @@
-"""Training throughput: cached text features (twotower) vs re-encoding product text every step (the seeds).
+"""Training throughput: sequence windows (every next-item target of a window in one causal pass) vs one
+history per target, and cached text features vs re-encoding product text every step (the seeds).
 
     python experiments/bench_training_throughput.py [--steps 20] [--products 2000] [--buyers 1000]
+        [--aggregation transformer] [--events PATH --products-path PATH]
 
 Same data, same model, same process; each variant runs `--steps` optimizer steps after one warm-up step and
-reports examples/s. The re-encoding variant runs the frozen text encoder over the text of every item the batch
-touches (histories, targets, negatives), as the seeds' training step did.
+reports examples (next-item targets)/s. The re-encoding variant runs the frozen text encoder over the text of
+every item the batch touches, as the seeds' training step did.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import torch
 
 from twotower.data.datamodule import TwoTowerDataModule
 from twotower.data.sample import ensure_sample
+from twotower.model.buyer_tower import BuyerTowerConfig
+from twotower.model.item_tower import ItemTowerConfig
 from twotower.model.module import TwoTowerModule
 from twotower.text.encoders import UniversalSentenceEncoder
 
@@ -31,20 +35,31 @@ class ReencodingModule(TwoTowerModule):
     def embed_items(self, items: torch.Tensor) -> torch.Tensor:
         texts = [self._texts[i] for i in items.tolist()]
         text = torch.from_numpy(self.encoder.encode(texts))
-        return self.item_tower(text, self.brand_index[items], self.category_index[items])
+        return self.item_tower(
+            text, self.brand_index[items], self.category_index[items], self.id_index[items]
+        )
 
 
 def throughput(
-    module_class: type, datamodule: TwoTowerDataModule, encoder, steps: int, cache_dir: str
+    module_class: type,
+    datamodule: TwoTowerDataModule,
+    encoder,
+    steps: int,
+    cache_dir: str,
+    sequence: bool,
+    aggregation: str,
 ) -> float:
     torch.manual_seed(0)
     catalog = datamodule.catalog
+    datamodule.sequence_training = sequence
     module = module_class(
         encoder.dim,
         catalog.brand_vocab.tokens,
         catalog.category_vocab.tokens,
         text_encoder=encoder,
         feature_cache_dir=cache_dir,
+        item_tower=ItemTowerConfig(),
+        buyer_tower=BuyerTowerConfig(aggregation, {}),
     )
     module.attach_catalog(catalog, datamodule.train_item_counts)
     module.log = lambda *args, **kwargs: None  # no Trainer attached
@@ -57,7 +72,7 @@ def throughput(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        return len(batch["target"])
+        return len(batch.target)
 
     step()  # warm-up
     start, examples = time.perf_counter(), 0
@@ -74,32 +89,54 @@ def main() -> None:
     parser.add_argument("--products", type=int, default=2000)
     parser.add_argument("--buyers", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--sequence-batch-size", type=int, default=32)
+    parser.add_argument("--aggregation", default="transformer")
+    parser.add_argument("--events", default=None, help="an events file instead of the generated sample")
+    parser.add_argument("--products-path", default=None)
+    parser.add_argument("--skip-reencode", action="store_true")
+    parser.add_argument("--cache-dir", default=None, help="text feature cache kept between runs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        paths = ensure_sample(Path(tmp) / "data", products=args.products, buyers=args.buyers, seed=0)
+        if args.events:
+            paths = {"events": args.events, "products": args.products_path}
+        else:
+            paths = ensure_sample(Path(tmp) / "data", products=args.products, buyers=args.buyers, seed=0)
         datamodule = TwoTowerDataModule(
-            str(paths["events"]), str(paths["products"]), batch_size=args.batch_size
+            str(paths["events"]),
+            str(paths["products"]),
+            batch_size=args.batch_size,
+            sequence_batch_size=args.sequence_batch_size,
         )
         datamodule.setup()
         encoder = UniversalSentenceEncoder()
-        cache = str(Path(tmp) / "cache")
+        cache = args.cache_dir or str(Path(tmp) / "cache")
         fill_start = time.perf_counter()
         TwoTowerModule(
             encoder.dim, ["<UNK>"], ["<UNK>"], text_encoder=encoder, feature_cache_dir=cache
         )._encode_texts_once(datamodule.catalog.texts)
         fill_seconds = time.perf_counter() - fill_start
-        cached = throughput(TwoTowerModule, datamodule, encoder, args.steps, cache)
-        reencoded = throughput(ReencodingModule, datamodule, encoder, args.steps, cache)
+        common = (encoder, args.steps, cache)
+        sequence = throughput(TwoTowerModule, datamodule, *common, True, args.aggregation)
+        cached = throughput(TwoTowerModule, datamodule, *common, False, args.aggregation)
+        reencoded = (
+            None
+            if args.skip_reencode
+            else throughput(ReencodingModule, datamodule, *common, False, args.aggregation)
+        )
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {subprocess.getoutput('nproc')} cores, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads",
         "products": len(datamodule.catalog),
+        "aggregation": args.aggregation,
         "batch_size": args.batch_size,
+        "sequence_batch_size (windows)": args.sequence_batch_size,
         "steps": args.steps,
         "cache_fill_seconds_once": round(fill_seconds, 1),
-        "cached_examples_per_s": round(cached, 1),
-        "reencode_examples_per_s": round(reencoded, 1),
-        "speedup": round(cached / reencoded, 1),
+        "sequence_examples_per_s": round(sequence, 1),
+        "per_target_examples_per_s": round(cached, 1),
+        "sequence_speedup": round(sequence / cached, 2),
+        "reencode_per_target_examples_per_s": None if reencoded is None else round(reencoded, 1),
+        "cache_speedup": None if reencoded is None else round(cached / reencoded, 1),
     }
     print(json.dumps(result, indent=2))
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from twotower.data.batches import HistoryBatch, LengthBucketBatchSampler, SequenceDataset, build_windows
 from twotower.data.catalog import Catalog, load_catalog
 from twotower.data.io import DEFAULT_CHUNKSIZE
 from twotower.data.report import DataReport
@@ -40,21 +40,21 @@ class HistoryDataset(Dataset):
     def __len__(self) -> int:
         return len(self.positions)
 
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+    def __getitems__(self, indices: Sequence[int]) -> HistoryBatch:
         batch = gather_histories(
             self.events,
-            self.positions[np.asarray(indices)],
+            self.positions[np.asarray(indices, dtype=np.int64)],
             self.max_history,
             self.weights_by_event,
             trim=True,
         )
-        return {name: torch.from_numpy(array) for name, array in batch.items()}
+        return HistoryBatch.from_arrays(batch)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {name: value[0] for name, value in self.__getitems__([index]).items()}
+    def __getitem__(self, index: int) -> HistoryBatch:
+        return self.__getitems__([index])
 
 
-def _batch_as_is(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _batch_as_is(batch: object) -> object:
     return batch  # __getitems__ already collated the batch; module-level so workers can pickle it
 
 
@@ -89,6 +89,8 @@ class TwoTowerDataModule(L.LightningDataModule):
         test_cut: float | str = 0.9,
         batch_size: int = 256,
         eval_batch_size: int = 1024,
+        sequence_training: bool = True,
+        sequence_batch_size: int = 32,
         num_workers: int = 0,
         chunksize: int = DEFAULT_CHUNKSIZE,
         report_path: str | None = None,
@@ -107,7 +109,11 @@ class TwoTowerDataModule(L.LightningDataModule):
         self.schema.type_codes(self.target_event_types)  # fail at start-up on a bad type name
         self.max_history = max_history
         self.split_method, self.val_cut, self.test_cut = split_method, val_cut, test_cut
+        if sequence_batch_size < 1:
+            raise ValueError(f"data.sequence_batch_size must be >= 1, got {sequence_batch_size}")
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        # sequence_training: batches of buyer-sequence windows, every next-item target of a window in one pass
+        self.sequence_training, self.sequence_batch_size = sequence_training, sequence_batch_size
         self.chunksize, self.report_path = chunksize, report_path
         self.report = DataReport()
         self.catalog: Catalog | None = None
@@ -184,7 +190,27 @@ class TwoTowerDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    def sequence_dataset(self, split: str = "train") -> SequenceDataset:
+        """Windows of max_history events holding every `split` target (see build_windows)."""
+        assert self.events is not None and self.examples is not None, "call setup() first"
+        windows = build_windows(self.events, self.examples.positions[split], max(2, self.max_history))
+        return SequenceDataset(self.events, windows, self.schema.weight_array)
+
     def train_dataloader(self) -> DataLoader:
+        if self.sequence_training:
+            dataset = self.sequence_dataset("train")
+            if (
+                self.trainer is not None and self.trainer.world_size > 1
+            ):  # DDP: its sampler shards the windows
+                return self._loader(dataset, self.sequence_batch_size, shuffle=True)
+            lengths = dataset.windows.end - dataset.windows.start
+            return DataLoader(
+                dataset,
+                batch_sampler=LengthBucketBatchSampler(lengths, self.sequence_batch_size),
+                num_workers=self.num_workers,
+                collate_fn=_batch_as_is,
+                persistent_workers=self.num_workers > 0,
+            )
         return self._loader(self.dataset("train"), self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

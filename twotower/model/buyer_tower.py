@@ -6,8 +6,11 @@ and one yaml under conf/model/buyer_tower/.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +50,23 @@ class Aggregation(nn.Module):
     def pool(self, vectors: Tensor, index: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
         return self(vectors[index], weights, mask)
 
+    def forward_all(self, history: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
+        """[B, L, D]: output l is forward() of the history up to and including position l (causal).
+
+        Lets training score every next-item target of a sequence in one pass. The generic path runs
+        forward() once per prefix; subclasses override it with a single pass.
+        """
+        outputs = [
+            self(history[:, : i + 1], weights[:, : i + 1], mask[:, : i + 1]) for i in range(history.shape[1])
+        ]
+        return torch.stack(outputs, dim=1)
+
+    def forward_at(
+        self, history: Tensor, weights: Tensor, mask: Tensor, rows: Tensor, cols: Tensor
+    ) -> Tensor:
+        """[T, D]: forward_all(...)[rows, cols], for subclasses that can skip positions nobody queries."""
+        return self.forward_all(history, weights, mask)[rows, cols]
+
 
 @register_aggregation("weighted_avg")
 class WeightedAverage(Aggregation):
@@ -67,6 +87,14 @@ class WeightedAverage(Aggregation):
 
     def pool(self, vectors: Tensor, index: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
         return _pooled(vectors, index, self.coefficients(weights, mask))
+
+    def forward_all(self, history: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
+        weights = (weights * mask).to(history.dtype)  # [B, L]
+        totals = torch.cumsum(weights, dim=1).clamp_min(1e-12)  # [B, L]
+        return torch.cumsum(weights.unsqueeze(-1) * history, dim=1) / totals.unsqueeze(-1)  # [B, L, D]
+
+
+_MEAN = WeightedAverage(0)  # parameter-free: shared by the transformer's mean residual
 
 
 @register_aggregation("attention")
@@ -90,6 +118,163 @@ class AttentionAggregation(Aggregation):
     def pool(self, vectors: Tensor, index: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
         scores = self.score(vectors).squeeze(-1)[index]  # score each unique item once: [U] -> [B, L]
         return _pooled(vectors, index, self.attention(scores, weights, mask))
+
+    def forward_all(self, history: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
+        length = history.shape[1]
+        logits = self.score(history).squeeze(-1).float() + torch.log(
+            weights.float().clamp_min(1e-6)
+        )  # [B, L]
+        causal = torch.ones(
+            length, length, dtype=torch.bool, device=history.device
+        ).tril()  # [L(query), L(key)]
+        allowed = causal.unsqueeze(0) & mask.unsqueeze(1)  # [B, L, L]
+        logits = logits.unsqueeze(1).masked_fill(~allowed, float("-inf"))
+        attention = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # [B, L, L]
+        return attention.to(history.dtype) @ history  # [B, L, D]
+
+
+class _Block(nn.Module):
+    """Pre-norm transformer block: attention with an additive bias [B, H, L, L], then a feed-forward."""
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+        self.ffn = nn.Sequential(
+            nn.Linear(width, 2 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * width, width)
+        )
+
+    def forward(self, x: Tensor, bias: Tensor, last_only: bool = False) -> Tensor:
+        """x [B, L, W] -> [B, L, W]; with last_only, only the newest position's output [B, 1, W] (serving)."""
+        batch, length, width = x.shape
+        head = width // self.heads
+        normed = self.norm1(x)
+        if last_only:
+            q = F.linear(normed[:, -1:], self.qkv.weight[:width], self.qkv.bias[:width])
+            k, v = F.linear(normed, self.qkv.weight[width:], self.qkv.bias[width:]).chunk(2, dim=-1)
+            x, bias = x[:, -1:], bias[:, :, -1:]
+        else:
+            q, k, v = self.qkv(normed).chunk(3, dim=-1)
+        q, k, v = (
+            t.reshape(batch, -1, self.heads, head).transpose(1, 2) for t in (q, k, v)
+        )  # [B, H, *, W/H]
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0
+        )  # [B, H, L or 1, W/H]
+        x = x + self.out(attended.transpose(1, 2).reshape(batch, -1, width))
+        return x + self.ffn(self.norm2(x))
+
+
+@register_aggregation("transformer")
+class TransformerAggregation(Aggregation):
+    """Causal self-attention over the history (SASRec-like, narrow inner width), output at the last position.
+
+    Inputs per position: the item vector projected to `width`, plus an embedding of the event weight (the
+    event type as serving passes it: view/cart/purchase weights). Recency enters as a learned per-head linear
+    attention bias on the distance between positions (ALiBi), so the output at a position depends only on
+    that position and earlier ones, and does not change with left padding: the prefix outputs of one pass
+    over a sequence are exactly what forward() returns for each prefix (training uses that, serving forward).
+    The output adds a residual, so an untrained tower starts at a known aggregation: `residual=mean` the
+    event-weighted mean of the history up to that position (weighted_avg), `residual=last` the newest item.
+    """
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        width: int = 64,
+        heads: int = 2,
+        layers: int = 2,
+        dropout: float = 0.1,
+        residual: str = "mean",
+    ) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"model.buyer_tower.options.width={width} must be a multiple of heads={heads}")
+        if residual not in ("mean", "last"):
+            raise ValueError(f"model.buyer_tower.options.residual must be 'mean' or 'last', got {residual!r}")
+        self.heads, self.residual = heads, residual
+        self.input = nn.Linear(embedding_dim, width)
+        self.event = nn.Linear(1, width)
+        self.blocks = nn.ModuleList(_Block(width, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(width)
+        self.output = nn.Linear(width, embedding_dim)
+        nn.init.normal_(self.output.weight, std=0.02)
+        nn.init.zeros_(self.output.bias)
+        # recency slopes from 1/2 to 1/64 per step back, learned
+        slopes = (
+            torch.logspace(math.log10(0.5), math.log10(1 / 64), heads) if heads > 1 else torch.tensor([0.1])
+        )
+        self.log_slope = nn.Parameter(slopes.log())
+        self._geometry: dict[tuple[int, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
+
+    def _bias(self, mask: Tensor) -> Tensor:
+        """[B, H, L, L] additive attention bias: -slope * distance for earlier real keys, -inf elsewhere."""
+        length = mask.shape[1]
+        key = (length, mask.device)
+        if key not in self._geometry:  # distances and the causal pattern depend only on the length
+            position = torch.arange(length, device=mask.device)
+            distance = (position[:, None] - position[None, :]).float()  # [L, L] query - key
+            self._geometry = {
+                key: (distance, distance >= 0, torch.eye(length, dtype=torch.bool, device=mask.device))
+            }
+        distance, causal, diagonal = self._geometry[key]
+        bias = -self.log_slope.exp()[:, None, None] * distance  # [H, L, L]
+        allowed = (causal & mask[:, None, :]) | diagonal  # [B, L, L]; the diagonal keeps padding rows finite
+        return bias.unsqueeze(0).masked_fill(~allowed.unsqueeze(1), float("-inf"))
+
+    def _run(self, history: Tensor, weights: Tensor, mask: Tensor, last_only: bool) -> Tensor:
+        """Hidden states [B, L, W] (with last_only: [B, 1, W], the newest position only)."""
+        event = torch.log1p(weights.clamp_min(0).to(history.dtype)).unsqueeze(-1)  # [B, L, 1]
+        x = self.input(history) + self.event(event)  # [B, L, W]
+        bias = self._bias(mask).to(x.dtype)
+        for i, block in enumerate(self.blocks):
+            x = block(x, bias, last_only=last_only and i == len(self.blocks) - 1)
+        return x[:, -1:] if last_only and not len(self.blocks) else x
+
+    def _output(self, hidden: Tensor, item: Tensor) -> Tensor:
+        return self.output(self.norm(hidden)) + item  # residual: the item vector at that position
+
+    def _residuals(self, history: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
+        """[B, L, D] residual at each position (causal)."""
+        return _MEAN.forward_all(history, weights, mask) if self.residual == "mean" else history
+
+    def forward_all(self, history: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
+        hidden = self._run(history, weights, mask, last_only=False)
+        return self._output(hidden, self._residuals(history, weights, mask))
+
+    def forward_at(
+        self, history: Tensor, weights: Tensor, mask: Tensor, rows: Tensor, cols: Tensor
+    ) -> Tensor:
+        hidden = self._run(history, weights, mask, last_only=False)  # [B, L, W]
+        residual = self._residuals(history, weights, mask)[rows, cols]
+        return self._output(hidden[rows, cols], residual)  # project only the queried positions
+
+    def forward(self, history: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
+        if history.shape[1] == 0:
+            return history.new_zeros(history.shape[0], history.shape[2])
+        residual = _MEAN(history, weights, mask) if self.residual == "mean" else history[:, -1]
+        # right-aligned histories: the newest event is last; the last block computes only that query
+        last = self._output(self._run(history, weights, mask, last_only=True)[:, 0], residual)
+        return last * mask.any(dim=1, keepdim=True).to(last.dtype)  # an empty history -> zero vector
+
+
+@dataclass
+class BuyerTowerConfig:
+    """The `model.buyer_tower` config node (`_target_`): a typo in a key fails at start-up, naming the key.
+
+    options are the aggregation's own arguments (e.g. transformer: width, heads, layers, dropout).
+    """
+
+    aggregation_method: str = "weighted_avg"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.options = dict(self.options or {})
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class BuyerTower(nn.Module):
@@ -119,6 +304,16 @@ class BuyerTower(nn.Module):
     def pool(self, vectors: Tensor, index: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
         """Same result as forward(vectors[index], ...) for unique item vectors [U, D] and indices [B, L] into them."""
         return F.normalize(self.aggregate.pool(vectors, index, weights, mask.bool()), dim=-1)
+
+    def forward_all(self, history: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
+        """[B, L, D]: position l holds forward() of the history up to l (every next-item query of a sequence)."""
+        return F.normalize(self.aggregate.forward_all(history, weights, mask.bool()), dim=-1)
+
+    def forward_at(
+        self, history: Tensor, weights: Tensor, mask: Tensor, rows: Tensor, cols: Tensor
+    ) -> Tensor:
+        """[T, D]: forward_all(...)[rows, cols] (training queries), skipping work for unqueried positions."""
+        return F.normalize(self.aggregate.forward_at(history, weights, mask.bool(), rows, cols), dim=-1)
 
 
 def load_buyer_tower(ckpt_path: str | Path, map_location: str = "cpu") -> BuyerTower:

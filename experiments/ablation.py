@@ -1,0 +1,189 @@
+"""Ablation of the model, one factor at a time from the default: train + evaluate per run, one JSON each.
+
+    PYTHONPATH=. python experiments/ablation.py --data online_retail [--runs default,text_only] [--epochs 6]
+
+Resumable: a run whose JSON exists under --out is skipped; delete the JSON to rerun it. Each JSON holds the
+command lines, the training wall time, training throughput (targets/s, from the module's
+train/examples_per_s), the val metrics (text retention included where measured) and evaluate's metrics.json
+(overall and slices). Runs go one after another (2 shared cores): start it under nohup and read the JSONs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ONLINE_RETAIL = ROOT.parent.parent / "shared" / "data" / "online_retail"
+
+DATA = {
+    "sample": [],
+    "online_retail": [
+        "data=csv",
+        f"data.events_path={ONLINE_RETAIL / 'events.csv'}",
+        f"data.products_path={ONLINE_RETAIL / 'products.csv'}",
+    ],
+}
+
+# name -> overrides from the default (one factor at a time)
+RUNS: dict[str, list[str]] = {
+    "default": [],
+    "text_only_tower": ["model.item_tower.id_embedding=0"],
+    "id_only_tower": ["model.item_tower.use_text=false"],
+    "no_id_dropout": ["model.item_tower.id_dropout=0.0"],
+    "weighted_avg": ["model/buyer_tower=weighted_avg"],
+    "attention": ["model/buyer_tower=attention"],
+    "transformer": ["model/buyer_tower=transformer"],
+    "explore_only_loss": ["model.exclude_seen_in_loss=true"],
+    "sampled_softmax": [
+        "model.full_softmax_max_items=0",
+        "model.num_negatives=1024",
+        "model.negative_sampling_alpha=0.75",
+        "model.use_log_q_correction=true",
+    ],
+    "per_target_training": ["+data.sequence_training=false"],
+    # the model before issue 11: text tower, weighted average, sampled softmax, one history per target
+    "previous_model": [
+        "model.item_tower.id_embedding=0",
+        "model.item_tower.text_residual=false",
+        "model/buyer_tower=weighted_avg",
+        "model.full_softmax_max_items=0",
+        "+data.sequence_training=false",
+    ],
+}
+
+
+def training_scalars(train_dir: Path) -> dict[str, list[float]]:
+    """Per-epoch throughput and epoch time from the run's TensorBoard events (the manifest keeps only the end)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[float]] = {}
+    for path in sorted(train_dir.glob("tensorboard/**/events.out*")):
+        events = EventAccumulator(str(path))
+        events.Reload()
+        for tag in ("train/examples_per_s", "train/epoch_seconds", "val/recall@10"):
+            if tag in events.Tags()["scalars"]:
+                out[tag] = [round(e.value, 4) for e in events.Scalars(tag)]
+    return out
+
+
+def run_one(name: str, overrides: list[str], data: list[str], epochs: int | None, work: Path) -> dict:
+    run_dir = work / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_cmd = [
+        sys.executable,
+        "-m",
+        "twotower.train",
+        *data,
+        *overrides,
+        f"hydra.run.dir={run_dir / 'train'}",
+        f"paths.root_dir={work / 'root'}",
+        "callbacks.embedding_projector=null",
+    ]
+    if epochs is not None:
+        train_cmd.append(f"trainer.max_epochs={epochs}")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    with open(run_dir / "train.log", "w") as log:
+        subprocess.run(train_cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    train_seconds = time.perf_counter() - start
+    eval_cmd = [
+        sys.executable,
+        "-m",
+        "twotower.evaluate",
+        f"bundle={run_dir / 'train' / 'bundle'}",
+        f"hydra.run.dir={run_dir / 'evaluate'}",
+        f"paths.root_dir={work / 'root'}",
+    ]
+    start = time.perf_counter()
+    with open(run_dir / "evaluate.log", "w") as log:
+        subprocess.run(eval_cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    manifest = json.loads((run_dir / "train" / "bundle" / "manifest.json").read_text())
+    metrics = manifest.get("metrics", {})
+    scalars = training_scalars(run_dir / "train")
+    rates, seconds = scalars.get("train/examples_per_s", []), scalars.get("train/epoch_seconds", [])
+    return {
+        "name": name,
+        "overrides": overrides,
+        "train_command": " ".join(train_cmd[1:]),
+        "evaluate_command": " ".join(eval_cmd[1:]),
+        "train_wall_s": round(train_seconds, 1),
+        "evaluate_wall_s": round(time.perf_counter() - start, 1),
+        "examples_per_s": round(sum(rates) / len(rates), 1) if rates else None,
+        "fit_seconds": round(sum(seconds), 1) if seconds else None,
+        "per_epoch": scalars,
+        "val": {k: v for k, v in metrics.items() if k.startswith("val/")},
+        "evaluate": json.loads((run_dir / "evaluate" / "metrics.json").read_text()),
+    }
+
+
+def table(out: Path) -> str:
+    """Markdown table of the finished runs under `out` (recall@10 overall and by slice, time, throughput)."""
+    header = (
+        "| run | recall@10 | ndcg@10 | repeat | new_item | cold | best val recall@10 | train wall s | examples/s |\n"
+        "|---|---|---|---|---|---|---|---|---|"
+    )
+    rows = [header]
+    for path in sorted(out.glob("*.json")):
+        r = json.loads(path.read_text())
+        model, slices = r["evaluate"]["model"], r["evaluate"].get("slices", {})
+
+        def cut(name: str, slices: dict = slices) -> str:
+            value = slices.get(name, {}).get("model", {})
+            value = value.get("recall@10") if isinstance(value, dict) else value
+            return "-" if value is None else f"{value:.4f}"
+
+        def number(value: float | None, digits: int) -> str:
+            return "-" if value is None else f"{value:.{digits}f}"
+
+        history = r.get("per_epoch", {}).get("val/recall@10") or [r["val"].get("val/recall@10")]
+        values = [v for v in history if v is not None]
+        best_val = max(values) if values else None
+        rows.append(
+            f"| {r['name']} | {model['recall@10']:.4f} | {model['ndcg@10']:.4f} | {cut('repeat')} | "
+            f"{cut('new_item')} | {cut('cold')} | {number(best_val, 4)} | "
+            f"{number(r.get('train_wall_s'), 0)} | {number(r.get('examples_per_s'), 0)} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", choices=sorted(DATA), default="online_retail")
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, from {list(RUNS)}")
+    parser.add_argument("--epochs", type=int, default=None, help="trainer.max_epochs (default: the config's)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSONs; default experiments/results/ablation/<data>"
+    )
+    parser.add_argument("--table", action="store_true", help="print the finished runs as a markdown table")
+    parser.add_argument("--work", type=Path, default=None, help="runs (checkpoints, bundles); default /tmp")
+    args = parser.parse_args()
+    out = (args.out or ROOT / "experiments" / "results" / "ablation" / args.data).resolve()
+    work = (args.work or Path("/tmp") / "twotower_ablation" / args.data).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if args.table:
+        print(table(out))
+        return
+    for name in [r for r in args.runs.split(",") if r]:
+        if name not in RUNS:
+            raise SystemExit(f"unknown run {name!r}; choose from {list(RUNS)}")
+        path = out / f"{name}.json"
+        if path.exists():
+            print(f"{name}: done already ({path})")
+            continue
+        print(f"{name}: running ...", flush=True)
+        result = run_one(name, RUNS[name], DATA[args.data], args.epochs, work)
+        path.write_text(json.dumps(result, indent=2))
+        model = result["evaluate"]["model"]
+        print(f"{name}: recall@10 {model['recall@10']:.4f}, {result['train_wall_s']:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
