@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from twotower.data.batches import HistoryBatch, LengthBucketBatchSampler, SequenceDataset, build_windows
 from twotower.data.catalog import Catalog, load_catalog
-from twotower.data.io import DEFAULT_CHUNKSIZE
+from twotower.data.io import DEFAULT_CHUNKSIZE, DEFAULT_ENCODING
 from twotower.data.report import DataReport
 from twotower.data.schema import EventSchema
 from twotower.data.sequences import (
@@ -94,6 +94,7 @@ class TwoTowerDataModule(L.LightningDataModule):
         num_workers: int = 0,
         chunksize: int = DEFAULT_CHUNKSIZE,
         report_path: str | None = None,
+        encoding: str = DEFAULT_ENCODING,
     ) -> None:
         super().__init__()
         if max_history < 1:
@@ -114,7 +115,7 @@ class TwoTowerDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         # sequence_training: batches of buyer-sequence windows, every next-item target of a window in one pass
         self.sequence_training, self.sequence_batch_size = sequence_training, sequence_batch_size
-        self.chunksize, self.report_path = chunksize, report_path
+        self.chunksize, self.report_path, self.encoding = chunksize, report_path, encoding
         self.report = DataReport()
         self.catalog: Catalog | None = None
         self.events: EventLog | None = None
@@ -134,9 +135,17 @@ class TwoTowerDataModule(L.LightningDataModule):
         if self.sample is not None and not Path(self.events_path).exists():
             self.prepare_data()  # used without a Trainer (tests, notebooks, evaluate)
         is_main = self.trainer is None or self.trainer.is_global_zero
-        self.catalog = load_catalog(self.products_path, self.photos_path, self.report, self.chunksize)
+        self.catalog = load_catalog(
+            self.products_path, self.photos_path, self.report, self.chunksize, encoding=self.encoding
+        )
         self.events = load_events(
-            self.events_path, self.catalog, self.schema, self.report, self.chunksize, show_progress=is_main
+            self.events_path,
+            self.catalog,
+            self.schema,
+            self.report,
+            self.chunksize,
+            show_progress=is_main,
+            encoding=self.encoding,
         )
         self.examples = build_examples(
             self.events, self.schema, self.target_event_types, self.split_method, self.val_cut, self.test_cut
