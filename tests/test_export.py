@@ -90,6 +90,8 @@ def test_train_export_evaluate_serve_chain(trained_root, tmp_path):
 
     # serve one request, in process, with a new product in the history
     recommender = Recommender.from_bundle(written)
-    (answer,) = recommender.retrieve([Query(["new-1", trained.product_ids[0]], ["view", "purchase"], k=5)])
+    # exclusion asked for explicitly: by default the bundle's scoring settings (chosen on val) decide
+    history = ["new-1", trained.product_ids[0]]
+    (answer,) = recommender.retrieve([Query(history, ["view", "purchase"], k=5, exclude_seen=True)])
     assert answer.unknown_product_ids == [] and len(answer.items) == 5
     assert {"new-1", trained.product_ids[0]}.isdisjoint(item["product_id"] for item in answer.items)

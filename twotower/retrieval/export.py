@@ -26,13 +26,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from twotower.data.catalog import Catalog
-from twotower.data.datamodule import HistoryDataset
 from twotower.retrieval.bundle import point_latest, write_bundle
 from twotower.retrieval.index import IndexBuilder
 from twotower.scoring import MANIFEST_KEY as SCORING_KEY
 from twotower.scoring import ScoringSettings
 
 if TYPE_CHECKING:
+    from twotower.data.datamodule import HistoryDataset
     from twotower.model.module import TwoTowerModule
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,8 @@ def choose_bundle_scoring(
     the model's best on (a seeded sample of) the val split by recall@k, over both exclusion settings and
     ``settings.grid()``, ranking exactly over the new item vectors; ``settings.scoring_default`` when there
     are no val examples (e.g. a new catalog exported without events) or ``scoring_queries=0``."""
-    # imported here: the evaluation package is only needed when a choice is made
+    # imported here: the evaluation package (and the datamodule's Lightning) only when a choice is made
+    from twotower.data.datamodule import HistoryDataset
     from twotower.evaluation.queries import split_queries
     from twotower.evaluation.rankers import ModelRanker
     from twotower.evaluation.tuning import choose_served_settings
