@@ -45,8 +45,9 @@ def main() -> int:
     # bundle_root: the bundle's folder, so that reloads of it (and fuzzed names inside it) are in scope
     overrides = [f"server.bundle_root={Path(bundle).resolve().parent}"]
     with LiveServer(bundle, args.workdir, env, *overrides).wait_ready(600, {"X-API-Key": KEY}) as server:
+        # the `st` script of the interpreter running this file (a venv need not be on PATH)
         st = [
-            "st",
+            str(Path(sys.executable).parent / "st"),
             "run",
             f"{server.url}/openapi.json",
             "--checks",
