@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from twotower.data.batches import HistoryBatch
 from twotower.data.catalog import Catalog
 from twotower.retrieval.bundle import point_latest, write_bundle
 from twotower.retrieval.index import IndexBuilder
@@ -40,7 +41,14 @@ log = logging.getLogger(__name__)
 MODEL_TARGET = "twotower.model.module.TwoTowerModule"
 # Module arguments computed from the data and the encoder at build time, not model settings: left out of
 # the manifest's model config (the vocabularies alone can be megabytes; the checkpoint keeps them).
-_RUNTIME_HPARAMS = ("text_dim", "brand_vocab", "category_vocab", "text_encoder", "text_encoder_config")
+_RUNTIME_HPARAMS = (
+    "text_dim", "brand_vocab", "category_vocab", "item_vocab", "text_encoder", "text_encoder_config",
+)  # fmt: skip
+# checkpoints store the tower nodes as plain dicts; the config tree builds them through these targets
+_TOWER_TARGETS = {
+    "item_tower": "twotower.model.item_tower.ItemTowerConfig",
+    "buyer_tower": "twotower.model.buyer_tower.BuyerTowerConfig",
+}
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,9 @@ def model_config_from_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
             "`python -m twotower.train`, so the text encoder to embed new products with is unknown"
         )
     config = {k: v for k, v in hparams.items() if k not in _RUNTIME_HPARAMS}
+    for key, target in _TOWER_TARGETS.items():
+        if isinstance(config.get(key), Mapping):
+            config[key] = {"_target_": target, **{k: v for k, v in config[key].items() if k != "_target_"}}
     return {"_target_": MODEL_TARGET, **config, "text_encoder": dict(encoder)}
 
 
@@ -129,8 +140,9 @@ def check_manifest_config(config: Mapping[str, Any]) -> None:
         )
 
 
-def _collate(batch: Any) -> dict[str, torch.Tensor]:
-    return batch if isinstance(batch, Mapping) else default_collate(batch)
+def _collate(batch: Any) -> HistoryBatch | dict[str, torch.Tensor]:
+    # a dataset that gathers whole batches itself returns one batch object; others return a list of rows
+    return batch if isinstance(batch, Mapping | HistoryBatch) else default_collate(batch)
 
 
 def held_out_buyer_vectors(
