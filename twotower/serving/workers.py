@@ -85,12 +85,14 @@ class _Answer:
 class _BundleAPI(ls.LitAPI):
     """Shared worker logic: load the bundles in setup, watch for reloads, batch with per-request errors."""
 
+    route: str = ""  # the endpoint a subclass serves (api_path when none is given)
+
     def __init__(
         self,
         bundle: str | VariantsConfig,
         settings: RecommenderSettings,
         coordinator: Coordinator,
-        api_path: str,
+        api_path: str | None = None,
         max_batch_size: int = 1,
         batch_timeout: float = 0.0,
         poll_interval: float = 0.5,
@@ -99,7 +101,10 @@ class _BundleAPI(ls.LitAPI):
     ) -> None:
         loop = IdleBlockingBatchedLoop() if max_batch_size > 1 else "auto"
         super().__init__(
-            max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path, loop=loop
+            max_batch_size=max_batch_size,
+            batch_timeout=batch_timeout,
+            api_path=api_path or self.route,
+            loop=loop,
         )
         self.variants = bundle if isinstance(bundle, VariantsConfig) else VariantsConfig.parse(bundle=bundle)
         self.settings = settings
@@ -308,14 +313,7 @@ class _BundleAPI(ls.LitAPI):
 class RetrieveAPI(_BundleAPI):
     """POST /retrieve: top-k products for a buyer's recent interactions."""
 
-    def __init__(
-        self,
-        bundle: str | VariantsConfig,
-        settings: RecommenderSettings,
-        coordinator: Coordinator,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(bundle, settings, coordinator, api_path="/retrieve", **kwargs)
+    route = "/retrieve"
 
     def decode_request(self, request: RetrieveRequest) -> _Routed | QueryError | _InternalError:
         return self._to_query(request)
@@ -338,14 +336,7 @@ class RetrieveAPI(_BundleAPI):
 class EncodeBuyerAPI(_BundleAPI):
     """POST /encode_buyer: the buyer vector for recent interactions (for an external vector store)."""
 
-    def __init__(
-        self,
-        bundle: str | VariantsConfig,
-        settings: RecommenderSettings,
-        coordinator: Coordinator,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(bundle, settings, coordinator, api_path="/encode_buyer", **kwargs)
+    route = "/encode_buyer"
 
     def decode_request(self, request: EncodeBuyerRequest) -> _Routed | QueryError | _InternalError:
         return self._to_query(request)
