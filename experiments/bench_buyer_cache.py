@@ -13,7 +13,7 @@ concurrency-1 path of a worker, no HTTP: the shared machine makes HTTP timings n
 - re-ranking: the same requests through `none`, business rules (max 1 per brand) and MMR (lambda 0.7),
   100 candidates -> k = 10.
 
-Prints one markdown table per tower. The figures are in experiments/results/variants.md.
+Prints one markdown table per tower. The figures are in experiments/RESULTS.md.
 """
 
 from __future__ import annotations

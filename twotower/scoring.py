@@ -62,7 +62,7 @@ class ScoringSettings:
     event_weighted: weight each occurrence by its event weight (a purchase counts more than a view).
     max_repeat_items: at most this many history items per list when seen items are allowed (None: no cap).
         With a global repeat weight, long histories otherwise fill every slot with history items and the
-        new-item recall of repeat-blended lists collapses (experiments/results/qeval.md).
+        new-item recall of repeat-blended lists collapses (experiments/RESULTS.md).
     """
 
     exclude_seen: bool = True
