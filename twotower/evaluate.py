@@ -8,6 +8,8 @@ settings (the bundle's recorded ones, else the model's best on val), so all meth
 configuration the service uses; the other exclusion setting is reported too. Baseline parameters and repeat
 weights are chosen on the val split (small grids, recorded in metrics.json under ``tuning``).
 The core lives in :mod:`twotower.evaluation`; this module reads the config and the data.
+
+(Just over ~300 lines: the Hydra entry point also selects the data and scoring sources and prints the tables.)
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ Example:
     [[0, 1]]
     >>> rank_dense(scores, history, ScoringSettings(exclude_seen=False, repeat_weight=1.0), k=2)[0].tolist()
     [[2, 0]]
+
+(Over ~300 lines: the scoring function, its settings and their choice on val are one contract shared by
+evaluate and /retrieve.)
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Memory stays O(events): events live in flat numpy arrays sorted by (buyer, time); an example is only
 the position of its target event, and its history is sliced out of the arrays when a batch is built.
+
+(Just over ~300 lines: events, splits and examples share the sorted-array layout described here.)
 """
 
 from __future__ import annotations

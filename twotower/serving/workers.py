@@ -16,6 +16,9 @@ A reload names one variant; the others keep their recommenders.
 
 Over 300 lines on purpose: setup, the reload watcher, routing and encoding all read and swap the same
 per-worker state (recommenders, resolved paths, generation, cache); the batching loop lives in batching.py.
+
+(Over ~300 lines: the two LitAPIs share one base class with the batching, variant routing and reload
+watching every worker runs; the subclasses are a few lines each.)
 """
 
 # no `from __future__ import annotations`: LitServe reads decode_request's annotation as a class

@@ -7,6 +7,9 @@
 
 Hub models are loaded offline-first (:func:`load_sentence_transformer`); when a model is neither cached nor
 reachable the loader fails within seconds with a message naming the switch to the bundled encoder.
+
+(Over ~300 lines: the protocol and both backends with their offline-loading checks in one place; a third
+backend should go into its own module.)
 """
 
 from __future__ import annotations
