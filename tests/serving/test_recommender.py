@@ -159,3 +159,12 @@ def test_brand_filter_ignores_format_characters(rec: Recommender, brand: str) ->
     plain = one(rec, Query(["p1"], ["view"], k=5, brands=["لازوردي"]))
     messy = one(rec, Query(["p1"], ["view"], k=5, brands=[brand]))
     assert plain.items and messy.items == plain.items
+
+
+def test_max_interactions_defaults_to_the_request_schemas_limit_and_cannot_exceed_it():
+    from twotower.serving.recommender import RecommenderSettings
+    from twotower.serving.schemas import MAX_INTERACTIONS
+
+    assert RecommenderSettings().max_interactions == MAX_INTERACTIONS
+    with pytest.raises(ValueError, match="max_interactions"):
+        RecommenderSettings(max_interactions=MAX_INTERACTIONS + 1)

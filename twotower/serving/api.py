@@ -80,7 +80,7 @@ def build_server(
     `.close()`). `reranker`: the second stage (None = retrieval order); `buyer_cache`: BuyerVectorCache
     options per worker (None = off)."""
     server = server or ServerSettings()
-    recommender = recommender or RecommenderSettings(max_interactions=100)
+    recommender = recommender or RecommenderSettings()
     variants = bundle if isinstance(bundle, VariantsConfig) else VariantsConfig.parse(bundle=str(bundle))
     manager = SyncManager()
     manager.start()

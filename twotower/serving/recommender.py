@@ -33,6 +33,7 @@ from twotower.model.buyer_tower import BuyerTower, load_buyer_tower
 from twotower.retrieval.bundle import Bundle, load_bundle
 from twotower.retrieval.index import IndexBuilder, VectorIndex
 from twotower.scoring import History, ScoringSettings, rank_candidates
+from twotower.serving.schemas import MAX_INTERACTIONS
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class RecommenderSettings:
     index_options: dict | None = None
     overfetch: float = 2.0
     exact_filter_max: int = 20_000
-    max_interactions: int = 100
+    max_interactions: int = MAX_INTERACTIONS  # the request schema's limit (serving.schemas)
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -109,6 +110,11 @@ class RecommenderSettings:
             raise ValueError(f"recommender.overfetch must be >= 1, got {self.overfetch}")
         if self.exact_filter_max < 0:
             raise ValueError(f"recommender.exact_filter_max must be >= 0, got {self.exact_filter_max}")
+        if not 1 <= self.max_interactions <= MAX_INTERACTIONS:
+            raise ValueError(
+                f"recommender.max_interactions must be in [1, {MAX_INTERACTIONS}] (the request schema's limit), "
+                f"got {self.max_interactions}"
+            )
 
 
 class Recommender:
