@@ -23,7 +23,8 @@ class ConfigError(ValueError):
 def check_k_values(values: Iterable[Any], key: str = "k_values") -> list[int]:
     """The ranking cutoffs ``values`` sorted and de-duplicated; raises naming ``key`` unless each is an int >= 1.
 
-    The one check of every ``k_values`` setting (model, metrics, evaluate).
+    Used at start-up by the entry points (model.k_values, evaluate's k_values); the core metric keeps its own
+    Hydra-free check, since this module imports Hydra.
     """
     items = list(values) if values is not None else []
     if not items or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in items):

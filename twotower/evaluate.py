@@ -27,7 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from twotower.assembly import build_text_encoder, metric_value
-from twotower.config import ConfigError, validate_config
+from twotower.config import ConfigError, check_k_values, validate_config
 from twotower.data.datamodule import TwoTowerDataModule
 from twotower.evaluation.queries import catalog_mapping, check_referenced, split_queries
 from twotower.evaluation.rankers import Interactions, ModelRanker
@@ -191,9 +191,7 @@ def evaluate(cfg: DictConfig, overridden: bool = False) -> dict[str, Any]:
     validate_config(cfg, RUNTIME_ARGS)
     if int(cfg.batch_size) < 1:
         raise ConfigError(f"batch_size must be >= 1; got {cfg.batch_size}")
-    k_values = sorted({int(k) for k in cfg.k_values})
-    if not k_values or k_values[0] < 1:
-        raise ConfigError(f"k_values must be positive integers; got {list(cfg.k_values)}")
+    k_values = check_k_values(cfg.k_values)
     tune_k = int(cfg.tune_k)
     if tune_k < 1:
         raise ConfigError(f"tune_k must be >= 1 (settings are chosen by val recall@tune_k); got {tune_k}")
