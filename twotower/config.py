@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 def check_k_values(values: Iterable[Any], key: str = "k_values") -> list[int]:
     """The ranking cutoffs ``values`` sorted and de-duplicated; raises naming ``key`` unless each is an int >= 1.
 
-    Used at start-up by the entry points (model.k_values, evaluate's k_values); the core metric keeps its own
+    Used at start-up by `python -m twotower.evaluate`; the module and the core metric keep their own
     Hydra-free check, since this module imports Hydra.
     """
     items = list(values) if values is not None else []
