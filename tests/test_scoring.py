@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 
 from twotower.scoring import (
+    REPEAT_FEATURES,
+    REPEAT_HALF_LIVES,
     History,
     ScoringSettings,
     choose_settings,
     rank_candidates,
     rank_dense,
+    repeat_features,
     repeat_scores,
     settings_grid,
     top_candidates,
@@ -202,3 +205,64 @@ def test_max_repeat_items_validates_and_dedupes_in_the_grid() -> None:
     )
     # exclusion ignores the cap; without a repeat weight the cap still changes the list
     assert [(s.exclude_seen, s.max_repeat_items) for s in grid] == [(True, None), (False, None), (False, 3)]
+
+
+# -- the learned repeat score ---------------------------------------------------------------------------------
+
+
+def test_repeat_features_by_hand() -> None:
+    # item 3: a view 10 days before the newest event and a cart (weight 5) at it; item 2: one view at it
+    h = history([3, 3, 2], [0, 10, 10], weights=[1.0, 5.0, 1.0])
+    f = repeat_features(h)[0]
+    assert f.shape == (3, len(REPEAT_FEATURES))
+    expected_3 = [1 * 0.5 ** (10 / hl) + 5 for hl in REPEAT_HALF_LIVES] + [2, 6, 0]
+    np.testing.assert_allclose(f[0], np.log1p(expected_3), rtol=1e-6)
+    np.testing.assert_allclose(f[1], f[0])  # every position of an item carries the item's features
+    np.testing.assert_allclose(f[2], np.log1p([1, 1, 1, 1, 1, 1, 0]), rtol=1e-6)
+    # ages run from the newest event, not from "now": the service (no "now") and evaluate (the target's time)
+    # see the same features
+    later = history([3, 3, 2], [0, 10, 10], weights=[1.0, 5.0, 1.0], now_days=50)
+    np.testing.assert_allclose(repeat_features(later), repeat_features(h))
+    # the days since an item's last occurrence
+    np.testing.assert_allclose(repeat_features(history([5, 6], [0, 4]))[0, 0, -1], np.log1p(4), rtol=1e-6)
+
+
+def test_repeat_features_ignore_padding_and_unknown_times() -> None:
+    padded = History(np.array([[7, 3, 3]]), np.array([[False, True, True]]), times=np.full((1, 3), np.nan))
+    f = repeat_features(padded)[0]
+    np.testing.assert_array_equal(f[0], 0)  # padding: no features
+    np.testing.assert_allclose(f[1], np.log1p([2, 2, 2, 2, 2, 2, 0]))  # unknown times: no decay, age 0
+
+
+def test_learned_score_ranks_history_items_by_their_features_and_keeps_new_items_scores() -> None:
+    # history: item 2 once, item 3 three times; the model prefers items 0 and 1 (new) and scores 2 above 3
+    scores = np.array([[0.9, 0.5, 0.4, 0.3]], dtype=np.float32)
+    h = history([2, 3, 3, 3], [0, 1, 2, 3])
+    count_only = [0.0] * len(REPEAT_FEATURES)
+    count_only[REPEAT_FEATURES.index("count")] = 5.0
+    # count weighs most; score weight 1; bias -5: item 3 (count 3) gets 5 log 4 + 0.33 - 5 = 2.26 > item 0 (1.0)
+    # > item 2 (5 log 2 + 0.44 - 5 = -1.1 < item 1's 0.56)
+    settings = ScoringSettings(exclude_seen=False, repeat_coefficients=(*count_only, 1.0, -5.0))
+    assert settings.learned and not settings.uses_repeat
+    np.testing.assert_array_equal(rank_dense(scores, h, settings, k=4)[0], [[3, 0, 1, 2]])
+    # exclusion still wins, and the cap still holds
+    excluded = ScoringSettings(exclude_seen=True, repeat_coefficients=settings.repeat_coefficients)
+    np.testing.assert_array_equal(rank_dense(scores, h, excluded, k=2)[0], [[0, 1]])
+    capped = ScoringSettings(
+        exclude_seen=False, repeat_coefficients=(*count_only, 1.0, 50.0), max_repeat_items=1
+    )
+    np.testing.assert_array_equal(rank_dense(scores, h, capped, k=3)[0], [[3, 0, 1]])
+
+
+def test_learned_settings_validate_and_round_trip_through_json() -> None:
+    good = ScoringSettings(exclude_seen=False, repeat_coefficients=[1, 2, 3, 4, 5, 6, 7, 8, 9])
+    assert good.repeat_coefficients == (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    assert ScoringSettings.from_dict(json.loads(json.dumps(good.to_dict()))) == good
+    assert "learned" in good.describe()
+    for bad in ([1.0] * 8, [1.0] * 8 + [float("nan")], "fit", [True] * 9, 3.0):
+        with pytest.raises(ValueError, match="repeat_coefficients"):
+            ScoringSettings(exclude_seen=False, repeat_coefficients=bad)
+    # in a grid, learned settings are kept apart from the configured ones
+    grid = settings_grid(ScoringSettings(exclude_seen=False), {"repeat_weight": [0.0, 1.0]})
+    learned = ScoringSettings(exclude_seen=False, repeat_coefficients=good.repeat_coefficients)
+    assert learned not in grid and len(settings_grid(learned, {"repeat_weight": [0.0]})) == 1

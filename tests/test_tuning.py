@@ -12,6 +12,7 @@ from twotower.config import ConfigError
 from twotower.data.datamodule import HistoryDataset
 from twotower.data.sequences import EventLog
 from twotower.evaluate import check_baselines, served_settings
+from twotower.evaluation.learned_repeat import fit_repeat_coefficients
 from twotower.evaluation.queries import split_queries
 from twotower.evaluation.rankers import Interactions, ModelRanker, PopularityRanker
 from twotower.evaluation.tuning import (
@@ -21,7 +22,7 @@ from twotower.evaluation.tuning import (
     rank_split,
     tune_and_rank,
 )
-from twotower.scoring import ScoringSettings
+from twotower.scoring import REPEAT_COEFFICIENTS, ScoringSettings
 
 DAY_US = 86_400 * 1_000_000
 WEIGHTS = np.array([1.0, 5.0, 10.0], dtype=np.float32)  # view, add_to_cart, purchase
@@ -207,3 +208,68 @@ def test_ranking_through_an_exact_index_equals_exact_ranking() -> None:
         np.testing.assert_array_equal(
             rank_split(through_index, test, settings, 2, 1), rank_split(exact, test, settings, 2, 1)
         )
+
+
+def old_once_bought_log(buyers: int = 60) -> tuple[EventLog, np.ndarray, int]:
+    """Each buyer bought item B once long ago (day 1) and item A three times lately (days 40-42); the target
+    (day 50) is B again. No configured repeat score can prefer the older, rarer item; a learned one can."""
+    rows = []
+    for b in range(buyers):
+        a, once = 1 + b % 5, 6 + b % 5
+        rows += [(b, once, 1), (b, a, 40), (b, a, 41), (b, a, 42), (b, once, 50)]
+    buyer, item, day = (np.array(column) for column in zip(*rows, strict=True))
+    events = EventLog(
+        buyer=buyer.astype(np.int32),
+        item=item.astype(np.int32),
+        event=np.full(len(buyer), 2, dtype=np.int8),
+        timestamp=day.astype(np.int64) * DAY_US,
+        buyer_ids=[f"b{i}" for i in range(buyers)],
+    )
+    return events, np.arange(buyers) * 5 + 4, 11
+
+
+def test_a_learned_repeat_score_is_chosen_when_it_beats_the_grid_on_held_out_buyers() -> None:
+    events, targets, num_items = old_once_bought_log()
+    dataset = HistoryDataset(events, targets, 100, WEIGHTS)
+    val = split_queries(events, targets, dataset, np.arange(num_items), 100, WEIGHTS)
+    ranker = PopularityRanker().fit(
+        Interactions(np.zeros(3), np.zeros(3, dtype=np.int64), np.ones(3), num_items)  # item 0 is popular
+    )
+    grid = {"repeat_weight": [0.0, 2.0], "half_life_days": [30.0, 365.0]}
+    plain, _ = choose_served_settings(ranker, val, grid, k=1)
+    assert not plain.learned  # no configured setting finds B (val recall@1 0 everywhere)
+    settings, trace = choose_served_settings(ranker, val, {**grid, "repeat_coefficients": [None, "fit"]}, k=1)
+    assert settings.learned and trace["chosen"] == 1.0
+    learned = [t for t in trace["grid"] if "kept" in t]
+    assert len(learned) == 1 and learned[0]["kept"] and learned[0]["held_out_recall@1"] == 1.0
+    assert learned[0]["grid_best_held_out_recall@1"] == 0.0
+    weights = dict(zip(REPEAT_COEFFICIENTS, settings.repeat_coefficients, strict=True))
+    assert weights["count"] < 0 or weights["days_since_last"] > 0  # it learned "older and rarer"
+    ranked = rank_split(candidates_of(ranker, val, 1, 8), val, settings, 1, 8)
+    np.testing.assert_array_equal(ranked[:, 0], 6 + np.arange(60) % 5)
+
+
+def test_nothing_is_learned_without_repeat_targets_and_bad_grid_values_are_refused() -> None:
+    events, targets, num_items = old_once_bought_log()
+    new_item = events.item.copy()
+    new_item[targets] = 0  # every target is an item never seen before by its buyer
+    events = EventLog(events.buyer, new_item, events.event, events.timestamp, events.buyer_ids)
+    dataset = HistoryDataset(events, targets, 100, WEIGHTS)
+    val = split_queries(events, targets, dataset, np.arange(num_items), 100, WEIGHTS)
+    candidates = candidates_of(
+        PopularityRanker().fit(Interactions(np.zeros(1), np.zeros(1, dtype=np.int64), np.ones(1), num_items)),
+        val,
+        1,
+        8,
+    )
+    assert (
+        fit_repeat_coefficients(
+            candidates.ids, candidates.scores, val.history, candidates.history_scores, val.targets
+        )
+        is None
+    )
+    ranker = PopularityRanker().fit(
+        Interactions(np.zeros(1), np.zeros(1, dtype=np.int64), np.ones(1), num_items)
+    )
+    with pytest.raises(ValueError, match="repeat_coefficients"):
+        choose_served_settings(ranker, val, {"repeat_coefficients": [None, "learn"]}, k=1)

@@ -12,6 +12,11 @@ the history items), the list is built as follows:
 3. Otherwise, with ``repeat_weight > 0``, each history item gets ``repeat_weight * r / max(r)`` added, where
    ``r = sum over its occurrences of event_weight * 0.5 ** (age_days / half_life_days)`` (count, event type
    and recency in one number; ``max`` over the query's history).
+   With learned ``repeat_coefficients`` (fitted on val, :func:`twotower.evaluation.tuning.fit_repeat_coefficients`)
+   a history item's score is instead ``c_score * s + sum_i c_i * log1p(f_i) + c_bias`` over
+   :data:`REPEAT_FEATURES` (decayed counts at several half-lives, count, event-weight sum, days since its last
+   occurrence; ages measured from the history's newest event, so offline and online agree without knowing
+   "now"); new items keep ``s``. Which of the buyer's items come back, and when new items beat them, is learned.
 4. Top k by final score; ties go to the lower item index (deterministic). With seen items allowed and
    ``max_repeat_items = m``, at most m of the k slots go to history items (the best m by final score); the
    others go to the best new items. Slots left empty (exclusion leaves fewer than k items) hold index -1.
@@ -41,11 +46,16 @@ import numpy as np
 import torch
 
 __all__ = [
+    "REPEAT_COEFFICIENTS",
+    "REPEAT_FEATURES",
     "History",
     "ScoringSettings",
+    "candidate_pool",
     "choose_settings",
     "rank_candidates",
     "rank_dense",
+    "learned_repeat_scores",
+    "repeat_features",
     "repeat_scores",
     "settings_grid",
     "top_candidates",
@@ -53,6 +63,17 @@ __all__ = [
 
 SECONDS_PER_DAY = 86_400.0
 MANIFEST_KEY = "scoring"  # where a bundle manifest records the served settings
+# the learned repeat score's inputs, per distinct history item (each enters as log1p); ages are measured from
+# the history's newest event
+REPEAT_HALF_LIVES = (7.0, 30.0, 90.0, 365.0)
+REPEAT_FEATURES = (
+    *(f"decayed_{h:g}d" for h in REPEAT_HALF_LIVES),
+    "count",
+    "event_weight_sum",
+    "days_since_last",
+)
+# repeat_coefficients: one per feature, then the weight of the method's own score on history items, then a bias
+REPEAT_COEFFICIENTS = (*REPEAT_FEATURES, "score", "bias")
 
 
 @dataclass(frozen=True)
@@ -66,6 +87,9 @@ class ScoringSettings:
     max_repeat_items: at most this many history items per list when seen items are allowed (None: no cap).
         With a global repeat weight, long histories otherwise fill every slot with history items and the
         new-item recall of repeat-blended lists collapses (experiments/RESULTS.md).
+    repeat_coefficients: a learned repeat score (one value per name in :data:`REPEAT_COEFFICIENTS`, fitted on
+        val) that replaces ``repeat_weight``/``half_life_days``/``event_weighted`` for history items; None = the
+        configured score above.
     """
 
     exclude_seen: bool = True
@@ -73,6 +97,7 @@ class ScoringSettings:
     half_life_days: float | None = 90.0
     event_weighted: bool = True
     max_repeat_items: int | None = None
+    repeat_coefficients: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.repeat_weight) or self.repeat_weight < 0:
@@ -82,14 +107,38 @@ class ScoringSettings:
         cap = self.max_repeat_items
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
             raise ValueError(f"scoring.max_repeat_items must be an integer >= 0 or null, got {cap!r}")
+        coefficients = self.repeat_coefficients
+        if coefficients is not None:
+            if isinstance(coefficients, str | bytes) or not isinstance(coefficients, Sequence):
+                raise ValueError(
+                    f"scoring.repeat_coefficients must be a list of numbers or null, got {coefficients!r}"
+                )
+            if len(coefficients) != len(REPEAT_COEFFICIENTS) or not all(
+                isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c)
+                for c in coefficients
+            ):
+                raise ValueError(
+                    f"scoring.repeat_coefficients must be {len(REPEAT_COEFFICIENTS)} finite numbers "
+                    f"({', '.join(REPEAT_COEFFICIENTS)}); got {list(coefficients)!r}"
+                )
+            object.__setattr__(self, "repeat_coefficients", tuple(float(c) for c in coefficients))
+
+    @property
+    def learned(self) -> bool:
+        """Whether history items get the learned repeat score."""
+        return not self.exclude_seen and self.repeat_coefficients is not None
 
     @property
     def uses_repeat(self) -> bool:
-        return not self.exclude_seen and self.repeat_weight > 0
+        """Whether history items get a configured repeat score (:func:`repeat_scores`)."""
+        return not self.exclude_seen and not self.learned and self.repeat_weight > 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; :meth:`from_dict` reads it back (e.g. from a bundle manifest's ``scoring`` entry)."""
-        return asdict(self)
+        data = asdict(self)
+        if self.repeat_coefficients is not None:
+            data["repeat_coefficients"] = list(self.repeat_coefficients)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ScoringSettings:
@@ -103,6 +152,8 @@ class ScoringSettings:
         if self.exclude_seen:
             return "exclude seen"
         cap = "" if self.max_repeat_items is None else f", at most {self.max_repeat_items} seen per list"
+        if self.learned:
+            return f"seen allowed, learned repeat score{cap}"
         if not self.repeat_weight:
             return f"seen allowed, no repeat score{cap}"
         return f"seen allowed, repeat {self.repeat_weight:g} (half-life {self.half_life_days} d){cap}"
@@ -167,30 +218,83 @@ def _first_occurrence(history: History) -> np.ndarray:
     return first.reshape(items.shape)
 
 
+def _item_groups(history: History) -> tuple[np.ndarray, int]:
+    """int64 [n masked positions]: each masked position's (row, item) group, and the number of groups."""
+    mask = history.mask
+    if not mask.any():
+        return np.zeros(0, dtype=np.int64), 0
+    keys = _row_keys(history.items, int(history.items[mask].max()) + 1)[mask]
+    _, inverse = np.unique(keys, return_inverse=True)
+    return inverse, int(inverse.max()) + 1
+
+
+def _ages_days(history: History, reference: np.ndarray | None) -> np.ndarray:
+    """float64 [B, L]: days from each event to ``reference`` [B] (None: each row's newest known time); 0 where
+    the time is unknown or masked."""
+    if history.times is None:
+        return np.zeros(history.items.shape)
+    times = np.asarray(history.times, dtype=np.float64)
+    known = np.isfinite(times) & history.mask
+    if reference is None:
+        reference = np.where(known, times, -np.inf).max(axis=1)
+    with np.errstate(invalid="ignore"):  # rows without any known time: ages masked to 0 below
+        age = np.maximum(np.asarray(reference, dtype=np.float64)[:, None] - times, 0.0)
+    return np.where(known, age, 0.0) / SECONDS_PER_DAY
+
+
 def repeat_scores(history: History, half_life_days: float | None, event_weighted: bool = True) -> np.ndarray:
     """float32 [B, L]: at each position, the decayed, event-weighted count of its item in the history."""
     contribution = np.ones(history.items.shape, dtype=np.float64)
     if event_weighted and history.weights is not None:
         contribution *= history.weights
-    if half_life_days is not None and history.times is not None:
-        times = np.asarray(history.times, dtype=np.float64)
-        known = np.isfinite(times) & history.mask
-        if history.now is not None:
-            now = np.asarray(history.now, dtype=np.float64)
-        else:
-            now = np.where(known, times, -np.inf).max(axis=1)
-        with np.errstate(invalid="ignore"):  # rows without any known time: ages masked to 0 below
-            age = np.maximum(now[:, None] - times, 0.0)
-        age_days = np.where(known, age, 0.0) / SECONDS_PER_DAY
-        contribution *= 0.5 ** (age_days / half_life_days)
-    mask = history.mask
+    if half_life_days is not None:
+        contribution *= 0.5 ** (_ages_days(history, history.now) / half_life_days)
     out = np.zeros(history.items.shape, dtype=np.float32)
-    if mask.any():
-        keys = _row_keys(history.items, int(history.items[mask].max()) + 1)[mask]
-        _, inverse = np.unique(keys, return_inverse=True)
-        totals = np.bincount(inverse, weights=contribution[mask])  # per (row, item)
-        out[mask] = totals[inverse]
+    inverse, groups = _item_groups(history)
+    if groups:
+        out[history.mask] = np.bincount(inverse, weights=contribution[history.mask], minlength=groups)[
+            inverse
+        ]
     return out
+
+
+def repeat_features(history: History) -> np.ndarray:
+    """float32 [B, L, F]: at each position, :data:`REPEAT_FEATURES` of its item (log1p of each; 0 where masked).
+
+    Ages are measured from the row's newest known event (not the request time): the service and evaluate see
+    the same history and so the same features. Unknown times count as age 0.
+    """
+    mask = history.mask
+    out = np.zeros((*history.items.shape, len(REPEAT_FEATURES)), dtype=np.float32)
+    inverse, groups = _item_groups(history)
+    if not groups:
+        return out
+    weights = (
+        np.ones(history.items.shape) if history.weights is None else np.asarray(history.weights, np.float64)
+    )
+    ages = _ages_days(history, None)[mask]
+    weights = weights[mask]
+    columns = [
+        np.bincount(inverse, weights=weights * 0.5 ** (ages / h), minlength=groups) for h in REPEAT_HALF_LIVES
+    ]
+    columns.append(np.bincount(inverse, minlength=groups).astype(np.float64))
+    columns.append(np.bincount(inverse, weights=weights, minlength=groups))
+    last = np.full(groups, np.inf)
+    np.minimum.at(last, inverse, ages)
+    columns.append(last)
+    per_group = np.log1p(np.maximum(np.stack(columns, axis=1), 0.0))  # [groups, F]
+    out[mask] = per_group[inverse]
+    return out
+
+
+def learned_repeat_scores(
+    features: np.ndarray, history_scores: np.ndarray, coefficients: Sequence[float]
+) -> np.ndarray:
+    """float64 [B, L]: the learned score of each history position from its :func:`repeat_features` [B, L, F] and
+    the method's (rescaled) score of the item [B, L]."""
+    c = np.asarray(coefficients, dtype=np.float64)
+    width = len(REPEAT_FEATURES)
+    return features.astype(np.float64) @ c[:width] + c[width] * history_scores + c[width + 1]
 
 
 def top_candidates(scores: np.ndarray | torch.Tensor, count: int) -> np.ndarray:
@@ -208,6 +312,34 @@ def top_candidates(scores: np.ndarray | torch.Tensor, count: int) -> np.ndarray:
     return take.nonzero()[:, 1].reshape(len(s), count).numpy().astype(np.int64)
 
 
+def candidate_pool(
+    candidate_ids: np.ndarray, candidate_scores: np.ndarray, history: History, history_scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a list is chosen from: ``(ids int64, scores float64, valid bool)``, each ``[B, L + C]``.
+
+    The first ``L`` columns are the history positions (each distinct item once, at its first position, with its
+    exact score; -1 elsewhere), then the candidates not in the history. Scores are divided by the row's best
+    ``|s_top1|`` (step 1 of the module doc). Inputs as in :func:`rank_candidates`.
+    """
+    ids = np.asarray(candidate_ids, dtype=np.int64)
+    base = np.asarray(candidate_scores, dtype=np.float64)
+    items, mask = history.items, history.mask
+    if ids.shape != base.shape or len(ids) != len(items) or np.shape(history_scores) != items.shape:
+        raise ValueError(
+            f"candidate ids/scores must be [B, C] and history_scores [B, L] for the history's B={len(items)}; "
+            f"got {ids.shape}, {base.shape}, {np.shape(history_scores)}"
+        )
+    first = _first_occurrence(history)
+    span = int(max(items[mask].max(initial=0), ids.max(initial=0))) + 1
+    in_history = (ids >= 0) & np.isin(_row_keys(ids, span), _row_keys(items, span)[mask])
+    pool_ids = np.concatenate([np.where(first, items, -1), np.where(in_history, -1, ids)], axis=1)
+    pool = np.concatenate([np.asarray(history_scores, dtype=np.float64), base], axis=1)
+    valid = (pool_ids >= 0) & np.isfinite(pool)
+    top1 = np.where(valid, pool, -np.inf).max(axis=1, initial=-np.inf)  # [B]
+    scale = np.where(np.isfinite(top1) & (top1 != 0), np.abs(top1), 1.0)
+    return pool_ids, pool / scale[:, None], valid
+
+
 def rank_candidates(
     candidate_ids: np.ndarray,
     candidate_scores: np.ndarray,
@@ -222,31 +354,18 @@ def rank_candidates(
     candidate_ids / candidate_scores ``[B, C]``: e.g. an index's answer (-1 = empty slot). Exact results need
     the ``k + L`` best items (``L`` = history width). history_scores ``[B, L]``: the model's score of each
     history item (used for history items whether or not they are among the candidates). ``repeat``: a
-    precomputed :func:`repeat_scores` for these settings (saves work when many settings are tried).
+    precomputed :func:`repeat_scores` for these settings, or :func:`repeat_features` for learned settings (saves
+    work when many settings are tried).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    ids = np.asarray(candidate_ids, dtype=np.int64)
-    base = np.asarray(candidate_scores, dtype=np.float64)
-    items, mask = history.items, history.mask
-    if ids.shape != base.shape or len(ids) != len(items) or np.shape(history_scores) != items.shape:
-        raise ValueError(
-            f"candidate ids/scores must be [B, C] and history_scores [B, L] for the history's B={len(items)}; "
-            f"got {ids.shape}, {base.shape}, {np.shape(history_scores)}"
-        )
-    first = _first_occurrence(history)
-    span = int(max(items[mask].max(initial=0), ids.max(initial=0))) + 1
-    in_history = (ids >= 0) & np.isin(_row_keys(ids, span), _row_keys(items, span)[mask])
-    # the pool: each distinct history item once (its exact score), then the candidates not in the history
-    pool_ids = np.concatenate([np.where(first, items, -1), np.where(in_history, -1, ids)], axis=1)
-    pool = np.concatenate([np.asarray(history_scores, dtype=np.float64), base], axis=1)
-    valid = (pool_ids >= 0) & np.isfinite(pool)
-    top1 = np.where(valid, pool, -np.inf).max(axis=1, initial=-np.inf)  # [B]
-    scale = np.where(np.isfinite(top1) & (top1 != 0), np.abs(top1), 1.0)
-    pool = pool / scale[:, None]
-    width = items.shape[1]
+    pool_ids, pool, valid = candidate_pool(candidate_ids, candidate_scores, history, history_scores)
+    width = history.items.shape[1]
     if settings.exclude_seen:
         valid[:, :width] = False
+    elif settings.learned:
+        features = repeat_features(history) if repeat is None else repeat
+        pool[:, :width] = learned_repeat_scores(features, pool[:, :width], settings.repeat_coefficients)
     elif settings.repeat_weight > 0:
         if repeat is None:
             repeat = repeat_scores(history, settings.half_life_days, settings.event_weighted)
@@ -305,8 +424,8 @@ def settings_grid(base: ScoringSettings, grid: Mapping[str, Sequence[Any]] | Non
             (True,)
             if settings.exclude_seen
             else (False, 0.0, settings.max_repeat_items)
-            if not settings.repeat_weight
-            else tuple(settings.to_dict().values())
+            if not settings.repeat_weight and not settings.learned
+            else tuple(getattr(settings, f.name) for f in fields(settings))
         )
         if key not in seen:
             seen.add(key)

@@ -47,8 +47,13 @@ def event_log(num_items: int, num_buyers: int = 40, seed: int = 0) -> tuple[Even
         ScoringSettings(exclude_seen=True),
         ScoringSettings(exclude_seen=False, repeat_weight=0.5, half_life_days=30.0),
         ScoringSettings(exclude_seen=False, repeat_weight=1000.0, half_life_days=7.0, max_repeat_items=2),
+        # a learned repeat score: every feature matters (recency, counts, days since last) and the bias puts
+        # history items among the new ones, so the list mixes both
+        ScoringSettings(
+            exclude_seen=False, repeat_coefficients=(0.3, -0.2, 0.5, 0.1, 0.8, -0.05, -0.4, 0.5, -0.3)
+        ),
     ],
-    ids=["exclusion", "repeat", "repeat-capped"],
+    ids=["exclusion", "repeat", "repeat-capped", "learned"],
 )
 def test_evaluate_and_retrieve_rank_identically(make_bundle, settings: ScoringSettings) -> None:
     path: Path = make_bundle("parity", n=60, index_kind="flat")
@@ -86,10 +91,18 @@ def test_evaluate_and_retrieve_rank_identically(make_bundle, settings: ScoringSe
         served = [ids[item["product_id"]] for item in result.items]
         assert served == [r for r in offline[q].tolist() if r >= 0], f"query {q}"
     # the lists differ between settings for these histories (the test would not notice a setting ignored)
-    if settings.uses_repeat:
-        assert any(
-            set(offline[q]) & set(queries.history.items[q][queries.history.mask[q]]) for q in range(10)
-        )
+    seen = [set(queries.history.items[q][queries.history.mask[q]]) for q in range(len(offline))]
+    if settings.uses_repeat or settings.learned:
+        assert any(set(offline[q]) & seen[q] for q in range(10))
+    if (
+        settings.learned
+    ):  # interleaved: some new item ranks above some history item (not simply "history first")
+
+        def interleaved(q: int) -> bool:
+            is_seen = [r in seen[q] for r in offline[q].tolist() if r >= 0]
+            return any(not a and b for i, a in enumerate(is_seen) for b in is_seen[i + 1 :])
+
+        assert any(interleaved(q) for q in range(len(offline)))
 
 
 def test_request_exclusion_overrides_the_bundle_setting(make_bundle) -> None:

@@ -4,6 +4,11 @@ A method is a ranker (with a small grid of its own parameters) plus the scoring 
 scoring function (:mod:`twotower.scoring`). Each ranker scores a split once: its candidates (the exact top
 ``k + L`` items and the history items' scores) are kept, and every scoring setting of the grid is ranked from
 them - exactly what ranking from the dense scores gives (see :func:`twotower.scoring.rank_dense`).
+
+A repeat grid may list ``repeat_coefficients: [null, fit]``: ``fit`` learns the repeat score on val
+(:mod:`twotower.evaluation.learned_repeat`). It is fitted on the first half of the val queries and kept only if
+it beats the grid's best on the second half (queries are in buyer order, so the halves share almost no buyer);
+then it is refitted on all of val.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from twotower.evaluation.learned_repeat import fit_repeat_coefficients
 from twotower.evaluation.queries import SplitQueries
 from twotower.scoring import (
     ScoringSettings,
     history_scores_of,
     rank_candidates,
+    repeat_features,
     repeat_scores,
     settings_grid,
     top_candidates,
@@ -41,6 +48,8 @@ __all__ = [
     "tune_and_rank",
     "tune_method",
 ]
+
+FIT = "fit"  # in a repeat grid's repeat_coefficients: learn them on val
 
 
 @dataclass
@@ -81,12 +90,20 @@ class RepeatCache:
         self._cache: dict[tuple, np.ndarray] = {}
 
     def get(self, settings: ScoringSettings) -> np.ndarray | None:
+        """:func:`repeat_scores` for configured settings, :func:`repeat_features` for learned ones."""
+        if settings.learned:
+            return self.features()
         if not settings.uses_repeat:
             return None
         key = (settings.half_life_days, settings.event_weighted)
         if key not in self._cache:
             self._cache[key] = repeat_scores(self.queries.history, *key)
         return self._cache[key]
+
+    def features(self) -> np.ndarray:
+        if "features" not in self._cache:
+            self._cache["features"] = repeat_features(self.queries.history)
+        return self._cache["features"]
 
 
 def rank_split(
@@ -143,11 +160,62 @@ class Choice:
         return {"ranker": self.params, "scoring": self.settings.to_dict(), "val_score": self.val_score}
 
 
-def _settings_for(spec: MethodSpec, exclude: bool) -> list[ScoringSettings]:
+def _settings_for(spec: MethodSpec, exclude: bool) -> tuple[list[ScoringSettings], bool]:
+    """The grid's settings for one exclusion setting, and whether to learn a repeat score too."""
     if spec.fixed is not None and spec.fixed.exclude_seen == exclude:
-        return [spec.fixed]
-    base = replace(spec.fixed or ScoringSettings(), exclude_seen=exclude, repeat_weight=0.0)
-    return settings_grid(base, None if exclude else spec.repeat_grid)
+        return [spec.fixed], False
+    base = replace(
+        spec.fixed or ScoringSettings(), exclude_seen=exclude, repeat_weight=0.0, repeat_coefficients=None
+    )
+    grid = dict(spec.repeat_grid or {}) if not exclude else {}
+    coefficients = list(grid.pop("repeat_coefficients", [None]))
+    if any(c not in (None, FIT) for c in coefficients):
+        raise ValueError(
+            f"{spec.name}: a repeat grid's repeat_coefficients may list null and {FIT!r} (learn on val); "
+            f"got {coefficients!r}"
+        )
+    return settings_grid(base, grid), FIT in coefficients
+
+
+def _learned_choice(
+    candidates: Candidates,
+    val: SplitQueries,
+    grid_best: ScoringSettings,
+    k: int,
+    batch_size: int,
+    repeats: RepeatCache,
+) -> tuple[ScoringSettings, dict[str, Any]] | None:
+    """Learned repeat settings (refitted on all of val when they beat ``grid_best`` on the held-out half, see the
+    module doc) and their trace entry (``kept``: whether they did); None when nothing could be learned."""
+    half = len(val) // 2
+    features = repeats.features()
+
+    def fit(rows: slice) -> tuple[float, ...] | None:
+        return fit_repeat_coefficients(
+            candidates.ids[rows],
+            candidates.scores[rows],
+            val.history.take(rows),
+            candidates.history_scores[rows],
+            val.targets[rows],
+            features=features[rows],
+        )
+
+    base = replace(grid_best, exclude_seen=False, repeat_weight=0.0, max_repeat_items=None)
+    coefficients = fit(slice(0, half)) if half else None
+    if coefficients is None:
+        return None
+    held_out = slice(half, None)
+
+    def held_out_recall(settings: ScoringSettings) -> float:
+        ranked = rank_split(candidates, val, settings, k, batch_size, repeats)
+        return recall_at(ranked[held_out], val.targets[held_out], k)
+
+    trial = replace(base, repeat_coefficients=coefficients)
+    learned, grid = held_out_recall(trial), held_out_recall(grid_best)
+    entry = {f"held_out_recall@{k}": learned, f"grid_best_held_out_recall@{k}": grid, "kept": learned > grid}
+    if not entry["kept"]:
+        return trial, entry
+    return replace(base, repeat_coefficients=fit(slice(None)) or coefficients), entry
 
 
 def tune_method(
@@ -168,13 +236,29 @@ def tune_method(
         ranker = fitted.setdefault(repr(sorted(params.items())), fit(spec.make(params)))
         candidates = candidates_of(ranker, val, k, batch_size)
         for exclude in exclusions:
-            for settings in _settings_for(spec, exclude):
+            grid, learn = _settings_for(spec, exclude)
+            local: tuple[float, ScoringSettings] | None = None  # the best of this ranker's grid
+            for settings in grid:
                 score = recall_at(
                     rank_split(candidates, val, settings, k, batch_size, repeats), val.targets, k
                 )
                 trace.append({"ranker": params, "scoring": settings.to_dict(), f"val_recall@{k}": score})
-                if exclude not in best or score > best[exclude].val_score:
-                    best[exclude] = Choice(dict(params), settings, score)
+                if local is None or score > local[0]:
+                    local = (score, settings)
+            if learn and local is not None:
+                learned = _learned_choice(candidates, val, local[1], k, batch_size, repeats)
+                if learned is not None:
+                    settings, entry = learned
+                    score = recall_at(
+                        rank_split(candidates, val, settings, k, batch_size, repeats), val.targets, k
+                    )
+                    trace.append(
+                        {"ranker": params, "scoring": settings.to_dict(), f"val_recall@{k}": score, **entry}
+                    )
+                    if entry["kept"] and score > local[0]:
+                        local = (score, settings)
+            if local is not None and (exclude not in best or local[0] > best[exclude].val_score):
+                best[exclude] = Choice(dict(params), local[1], local[0])
         del candidates
     for exclude, choice in best.items():
         log.info(

@@ -1,0 +1,105 @@
+"""Fit the learned repeat score of the served scoring function (:mod:`twotower.scoring`) on a split.
+
+Each query's pool (its distinct history items and the method's top candidates, as :func:`candidate_pool`
+builds it) is one softmax: history items score ``w . f + c_score * s + bias`` over their
+:func:`repeat_features` ``f``, new items ``a * s``; the target's probability is maximized (a conditional
+logit, L-BFGS, L2 on ``w``; ``a`` is kept positive). Dividing by ``a`` leaves new items at their own score
+``s``, as served. Nine
+numbers learned on val decide which of the buyer's items come back and when new items beat them: per shop,
+per method, without a hand-set repeat weight.
+
+Example:
+    >>> coefficients = fit_repeat_coefficients(ids, scores, history, history_scores, targets)  # doctest: +SKIP
+    >>> ScoringSettings(exclude_seen=False, repeat_coefficients=coefficients)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from twotower.scoring import REPEAT_FEATURES, History, candidate_pool, repeat_features
+
+log = logging.getLogger(__name__)
+
+__all__ = ["fit_repeat_coefficients"]
+
+MIN_QUERIES = 20  # fewer queries whose target lies in the pool than this: nothing worth learning
+MIN_NEW_WEIGHT = 1e-3  # floor of the new items' score weight (a split with no new-item target drives it to 0)
+
+
+def fit_repeat_coefficients(
+    candidate_ids: np.ndarray,
+    candidate_scores: np.ndarray,
+    history: History,
+    history_scores: np.ndarray,
+    targets: np.ndarray,
+    *,
+    features: np.ndarray | None = None,
+    max_queries: int = 20_000,
+    l2: float = 1e-3,
+    seed: int = 0,
+) -> tuple[float, ...] | None:
+    """The learned repeat score's coefficients (``twotower.scoring.REPEAT_COEFFICIENTS``), or None when the
+    split cannot teach one (too few queries whose target is in the pool, none of them a history item, or a fit
+    that diverged).
+
+    Inputs as :func:`twotower.scoring.rank_candidates` takes them, plus ``targets`` int64 [Q]; ``features``:
+    a precomputed :func:`repeat_features` of ``history``. At most ``max_queries`` queries (a seeded sample) fit.
+    """
+    targets = np.asarray(targets, dtype=np.int64)
+    if len(targets) > max_queries:
+        rows = np.sort(np.random.default_rng(seed).choice(len(targets), max_queries, replace=False))
+        candidate_ids, candidate_scores = candidate_ids[rows], candidate_scores[rows]
+        history, history_scores, targets = history.take(rows), history_scores[rows], targets[rows]
+        features = None if features is None else features[rows]
+    pool_ids, pool, valid = candidate_pool(candidate_ids, candidate_scores, history, history_scores)
+    width = history.items.shape[1]
+    hit = (pool_ids == targets[:, None]) & valid
+    usable = hit.any(axis=1)
+    if usable.sum() < MIN_QUERIES or not hit[:, :width].any():
+        return None
+    if features is None:
+        features = repeat_features(history)
+    features = features[usable].astype(np.float64)
+    history_valid = valid[usable, :width]
+    # standardize over the real history items (better conditioned for L-BFGS); folded back below
+    seen = features[history_valid]
+    mean, std = seen.mean(axis=0), seen.std(axis=0) + 1e-6
+    x = torch.from_numpy(np.where(history_valid[..., None], (features - mean) / std, 0.0))
+    s = torch.from_numpy(np.where(valid[usable], pool[usable], 0.0))
+    valid_t = torch.from_numpy(valid[usable])
+    position = torch.from_numpy(hit[usable].argmax(axis=1))
+
+    w = torch.zeros(len(REPEAT_FEATURES), dtype=torch.float64, requires_grad=True)
+    c_score = torch.ones((), dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    # new items' weight stays positive (their own order is the method's); starts at 1
+    raw_new = torch.tensor(
+        math.log(math.expm1(1.0 - MIN_NEW_WEIGHT)), dtype=torch.float64, requires_grad=True
+    )
+    optimizer = torch.optim.LBFGS([w, c_score, bias, raw_new], max_iter=200, line_search_fn="strong_wolfe")
+
+    def new_weight() -> torch.Tensor:
+        return MIN_NEW_WEIGHT + F.softplus(raw_new)
+
+    def loss_fn() -> torch.Tensor:
+        optimizer.zero_grad()
+        logits = torch.cat([x @ w + c_score * s[:, :width] + bias, new_weight() * s[:, width:]], dim=1)
+        loss = F.cross_entropy(logits.masked_fill(~valid_t, -1e9), position) + l2 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(loss_fn)
+    scale = float(new_weight().detach())
+    values = [w.detach().numpy(), float(c_score.detach()), float(bias.detach())]
+    if not all(np.all(np.isfinite(v)) for v in values):
+        log.info("learned repeat score: the fit diverged")
+        return None
+    weights = values[0] / std / scale
+    offset = (values[2] - float((values[0] * mean / std).sum())) / scale
+    return (*(float(v) for v in weights), values[1] / scale, offset)
