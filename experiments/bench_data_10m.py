@@ -43,7 +43,7 @@ def measure(out: Path) -> dict:
         "events_seconds": round(load_s, 1),
         "total_seconds": round(total_s, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "batch_shape": list(batch["history_items"].shape),
+        "batch_shape": list(batch.history_items.shape),
     }
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from twotower.data.batches import HistoryBatch
 from twotower.evaluation.knn import ItemKNNRanker
 from twotower.evaluation.rankers import (
     Interactions,
@@ -30,8 +31,8 @@ def interactions(weights: dict[int, float] | None = None) -> Interactions:
     return Interactions(buyer=buyer, item=item, weight=weight, num_items=NUM_ITEMS, time=time)
 
 
-def batch(histories: list[list[int]], weights: list[list[float]] | None = None) -> dict[str, np.ndarray]:
-    """Right-aligned padded histories, padding = item 0 with mask False (as HistoryDataset pads)."""
+def batch(histories: list[list[int]], weights: list[list[float]] | None = None) -> HistoryBatch:
+    """Right-aligned padded histories, padding = item 0 with mask False (as HistoryDataset pads); no target."""
     length = max(len(h) for h in histories)
     items = np.zeros((len(histories), length), dtype=np.int64)
     w = np.zeros((len(histories), length), dtype=np.float32)
@@ -40,7 +41,7 @@ def batch(histories: list[list[int]], weights: list[list[float]] | None = None) 
         items[row, length - len(history) :] = history
         w[row, length - len(history) :] = weights[row] if weights else 1.0
         mask[row, length - len(history) :] = True
-    return {"history_items": items, "history_weights": w, "history_mask": mask}
+    return HistoryBatch.from_arrays(items, w, mask)
 
 
 def test_interactions_validate_their_input() -> None:
@@ -124,9 +125,11 @@ def test_text_only_ranks_by_the_weighted_average_vector() -> None:
     model = TextOnlyRanker(TEXT).fit()
     # padding (item 0, mask False) must not pull towards item 0
     b = batch([[0, 1], [0, 1]], [[1.0, 3.0], [3.0, 1.0]])
-    b["history_items"] = np.pad(b["history_items"], ((0, 0), (1, 0)))
-    b["history_weights"] = np.pad(b["history_weights"], ((0, 0), (1, 0)), constant_values=100.0)
-    b["history_mask"] = np.pad(b["history_mask"], ((0, 0), (1, 0)))
+    b = HistoryBatch.from_arrays(
+        np.pad(b.history_items.numpy(), ((0, 0), (1, 0))),
+        np.pad(b.history_weights.numpy(), ((0, 0), (1, 0)), constant_values=100.0),
+        np.pad(b.history_mask.numpy(), ((0, 0), (1, 0))),
+    )
     top = model.recommend(b, k=4)
     np.testing.assert_array_equal(top[0], [1, 2, 0, 3])  # mean (0.25, 0.75): closest to item 1
     np.testing.assert_array_equal(top[1], [0, 2, 1, 3])
@@ -189,7 +192,10 @@ def test_repeat_baseline_is_popularity_under_a_repeat_score() -> None:
     popularity = PopularityRanker().fit(interactions())
     b = batch([[3, 5, 3]])
     history = History(
-        b["history_items"], b["history_mask"], b["history_weights"], np.array([[0.0, 9.0, 1.0]]) * DAY
+        b.history_items.numpy(),
+        b.history_mask.numpy(),
+        b.history_weights.numpy(),
+        np.array([[0.0, 9.0, 1.0]]) * DAY,
     )
     history.now = np.array([10.0 * DAY])
     settings = ScoringSettings(exclude_seen=False, repeat_weight=1000.0, half_life_days=1.0)
@@ -204,7 +210,7 @@ def test_repeat_knn_blends_the_repeat_score_into_item_knn() -> None:
     """``repeat_knn``: item-kNN scores plus the repeat score; the weight decides between neighbour and repeat."""
     knn = ItemKNNRanker(window=None).fit(interactions())
     b = batch([[4]])
-    history = History(b["history_items"], b["history_mask"], b["history_weights"])
+    history = History(b.history_items.numpy(), b.history_mask.numpy(), b.history_weights.numpy())
     plain = rank_dense(knn.scores(b), history, ScoringSettings(exclude_seen=False), k=2)[0][0]
     assert plain[0] == 5  # 4's only neighbour; 4 itself has no self-similarity
     blended = ScoringSettings(exclude_seen=False, repeat_weight=2.0, half_life_days=None)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.test_evaluate import tiny_bundle  # noqa: F401  (session fixture: one tiny trained bundle)
+from twotower.data.batches import HistoryBatch
 from twotower.data.catalog import load_catalog
 from twotower.data.sample import ensure_sample
 from twotower.evaluation.rankers import ModelRanker, TextOnlyRanker
@@ -36,16 +37,12 @@ def test_similar_arabic_items_embed_close(encoder: UniversalSentenceEncoder) -> 
     )
 
 
-def _category_history(categories: list[str], category: str, length: int = 8) -> dict[str, np.ndarray]:
+def _category_history(categories: list[str], category: str, length: int = 8) -> HistoryBatch:
     """One buyer: views, carts and purchases of `length` products of one category (weights 1, 5, 10)."""
     items = np.flatnonzero(np.array(categories) == category)[:length]
     assert len(items) == length, f"the sample has fewer than {length} {category} products"
     weights = np.resize(np.array([1.0, 5.0, 10.0], dtype=np.float32), length)
-    return {
-        "history_items": items[None, :].astype(np.int64),
-        "history_weights": weights[None, :],
-        "history_mask": np.ones((1, length), dtype=bool),
-    }
+    return HistoryBatch.from_arrays(items[None, :], weights[None, :], np.ones((1, length), dtype=bool))
 
 
 @pytest.mark.parametrize("category", ["jewellery", "electronics"])

@@ -132,9 +132,9 @@ def _assert_causal(events, positions, max_history=100):
         expected = [p for p in range(start, end) if events.timestamp[p] < events.timestamp[position]][
             -max_history:
         ]
-        got = batch["history_items"][row][batch["history_mask"][row]].tolist()
+        got = batch.history_items[row][batch.history_mask[row]].tolist()
         assert got == events.item[expected].tolist()
-        assert batch["target"][row] == events.item[position]
+        assert batch.target[row] == events.item[position]
 
 
 def test_temporal_split_is_causal_and_respects_cuts(tiny_data):
@@ -166,9 +166,9 @@ def test_same_timestamp_events_are_not_history():
         buyer_ids=["u"],
     )
     batch = gather_histories(events, np.array([1, 2, 3]), 10, EventSchema().weight_array)
-    assert batch["history_items"][0][batch["history_mask"][0]].tolist() == [5]
-    assert batch["history_items"][1][batch["history_mask"][1]].tolist() == [5]  # 6 shares the timestamp
-    assert batch["history_items"][2][batch["history_mask"][2]].tolist() == [5, 6, 7]
+    assert batch.history_items[0][batch.history_mask[0]].tolist() == [5]
+    assert batch.history_items[1][batch.history_mask[1]].tolist() == [5]  # 6 shares the timestamp
+    assert batch.history_items[2][batch.history_mask[2]].tolist() == [5, 6, 7]
 
 
 def test_max_history_keeps_the_most_recent_and_weights_follow_events():
@@ -182,9 +182,9 @@ def test_max_history_keeps_the_most_recent_and_weights_follow_events():
         buyer_ids=["u"],
     )
     batch = gather_histories(events, np.array([4]), 3, EventSchema().weight_array)
-    assert batch["history_items"][0].tolist() == [1, 2, 3]
-    assert batch["history_weights"][0].tolist() == [5.0, 10.0, 1.0]
-    assert batch["history_mask"].all()
+    assert batch.history_items[0].tolist() == [1, 2, 3]
+    assert batch.history_weights[0].tolist() == [5.0, 10.0, 1.0]
+    assert batch.history_mask.all()
 
 
 def test_leave_last_out_split(tiny_data):
@@ -227,6 +227,11 @@ def test_trim_keeps_only_the_longest_history_in_the_batch():
     )
     full = gather_histories(events, np.array([2, 4]), 100, EventSchema().weight_array)
     trimmed = gather_histories(events, np.array([2, 4]), 100, EventSchema().weight_array, trim=True)
-    assert full["history_items"].shape == (2, 100) and trimmed["history_items"].shape == (2, 2)
-    for name in ("history_items", "history_weights", "history_mask"):
-        np.testing.assert_array_equal(trimmed[name], full[name][:, -2:])
+    assert full.history_items.shape == (2, 100) and trimmed.history_items.shape == (2, 2)
+    for got, want in [
+        (trimmed.history_items, full.history_items),
+        (trimmed.history_weights, full.history_weights),
+        (trimmed.history_mask, full.history_mask),
+    ]:
+        np.testing.assert_array_equal(got, want[:, -2:])
+    np.testing.assert_array_equal(trimmed.target, full.target)

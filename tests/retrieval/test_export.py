@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 
 from tests.conftest import compose_config
 from tests.retrieval.test_bundle import make_catalog
+from twotower.data.batches import HistoryBatch
 from twotower.data.schema import DEFAULT_EVENT_WEIGHTS
 from twotower.model.module import TwoTowerModule
 from twotower.retrieval.bundle import load_bundle
@@ -152,17 +153,13 @@ def test_bundle_accessors_on_old_export_manifests_and_manifests_without_config()
 
 
 class PerItemHistories(torch.utils.data.Dataset):
-    """A dataset without batch gathering (no __getitems__): one example dict per index."""
+    """A dataset without batch gathering (no __getitems__): one one-example HistoryBatch per index."""
 
     def __len__(self) -> int:
         return 6
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {
-            "history_items": torch.tensor([i, (i + 1) % 30]),
-            "history_weights": torch.ones(2),
-            "history_mask": torch.ones(2, dtype=torch.bool),
-        }
+    def __getitem__(self, i: int) -> HistoryBatch:
+        return HistoryBatch.from_arrays([i, (i + 1) % 30], np.ones(2), np.ones(2, dtype=bool), target=i)
 
 
 def test_held_out_buyer_vectors_take_evenly_spread_examples_of_any_dataset():

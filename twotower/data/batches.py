@@ -8,43 +8,75 @@ window: a causal buyer tower run once over a window gives the query of every tar
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from twotower.data.sequences import EventLog
+if TYPE_CHECKING:  # sequences.py builds HistoryBatch: a runtime import here would be circular
+    from twotower.data.sequences import EventLog
 
 
-class _FieldAccess:
-    """Transitional read access by field name (batch["target"]), for callers not yet on the typed fields."""
-
-    def __getitem__(self, key: str) -> Tensor:
-        if key not in self.keys():
-            raise KeyError(f"{type(self).__name__} has no field {key!r}; fields: {self.keys()}")
-        return getattr(self, key)
-
-    def keys(self) -> list[str]:
-        return [f.name for f in fields(self)]  # type: ignore[arg-type]
-
-    def items(self) -> Iterator[tuple[str, Tensor]]:
-        return ((name, getattr(self, name)) for name in self.keys())
+def _tensor(values: ArrayLike, dtype: type) -> Tensor:
+    array = np.asarray(values, dtype=dtype)  # np.ascontiguousarray would turn a scalar target into [1]
+    return torch.from_numpy(array if array.flags.c_contiguous else array.copy())
 
 
 @dataclass
-class HistoryBatch(_FieldAccess):
-    """One right-aligned padded history per target (newest event last)."""
+class HistoryBatch:
+    """One right-aligned padded history per target (newest event last): what training, evaluation and every
+    ranker take. Built by ``gather_histories``; by hand with :meth:`from_arrays`."""
 
     history_items: Tensor  # int64 [B, L] catalog item indices (0 where padded)
     history_weights: Tensor  # float32 [B, L] event weights (0 where padded)
     history_mask: Tensor  # bool [B, L]
-    target: Tensor  # int64 [B]
+    target: Tensor  # int64 [B] (-1: no known target, e.g. a ranking request built by hand)
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> HistoryBatch:
-        return cls(**{name: torch.from_numpy(np.ascontiguousarray(arrays[name])) for name in arrays})
+    def from_arrays(
+        cls,
+        history_items: ArrayLike,
+        history_weights: ArrayLike,
+        history_mask: ArrayLike,
+        target: ArrayLike | None = None,
+    ) -> HistoryBatch:
+        """From numpy arrays (or anything ``np.asarray`` takes), cast to the field dtypes (no copy when they
+        match). ``target`` None: -1 per row, for a batch that is only ranked (rankers never read the target)."""
+        items = _tensor(history_items, np.int64)
+        return cls(
+            history_items=items,
+            history_weights=_tensor(history_weights, np.float32),
+            history_mask=_tensor(history_mask, bool),
+            target=torch.full(items.shape[:-1], -1) if target is None else _tensor(target, np.int64),
+        )
+
+    @classmethod
+    def stack(cls, rows: Sequence[HistoryBatch]) -> HistoryBatch:
+        """One batch from one-example rows (fields ``[L]``, target a scalar), as a DataLoader collates a dataset
+        without batch gathering."""
+        if not rows or not all(isinstance(row, HistoryBatch) for row in rows):
+            kinds = sorted({type(row).__name__ for row in rows})
+            raise TypeError(
+                f"HistoryBatch.stack needs a non-empty list of HistoryBatch rows; got {kinds or 'none'}"
+            )
+        return cls(
+            history_items=torch.stack([row.history_items for row in rows]),
+            history_weights=torch.stack([row.history_weights for row in rows]),
+            history_mask=torch.stack([row.history_mask for row in rows]),
+            target=torch.stack([row.target for row in rows]),
+        )
+
+    def map_items(self, mapping: np.ndarray) -> HistoryBatch:
+        """Item indices (history and target) through ``mapping`` int [num items], e.g. data catalog -> bundle
+        rows (``catalog_mapping``); padding stays 0, a -1 target stays -1."""
+        table = torch.from_numpy(np.asarray(mapping, dtype=np.int64))
+        items = torch.where(self.history_mask, table[self.history_items], 0)
+        target = torch.where(self.target >= 0, table[self.target.clamp_min(0)], self.target)
+        return replace(self, history_items=items, target=target)
 
     def __len__(self) -> int:
         return len(self.target)

@@ -41,14 +41,13 @@ class HistoryDataset(Dataset):
         return len(self.positions)
 
     def __getitems__(self, indices: Sequence[int]) -> HistoryBatch:
-        batch = gather_histories(
+        return gather_histories(
             self.events,
             self.positions[np.asarray(indices, dtype=np.int64)],
             self.max_history,
             self.weights_by_event,
             trim=True,
         )
-        return HistoryBatch.from_arrays(batch)
 
     def __getitem__(self, index: int) -> HistoryBatch:
         return self.__getitems__([index])

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from twotower.data.batches import HistoryBatch
 from twotower.data.catalog import Catalog
 from twotower.data.io import DEFAULT_CHUNKSIZE, DEFAULT_ENCODING, read_table
 from twotower.data.report import DataReport
@@ -278,11 +279,10 @@ def gather_histories(
     max_history: int,
     weights_by_event: np.ndarray,
     trim: bool = False,
-) -> dict[str, np.ndarray]:
-    """Right-aligned padded histories for a batch of target positions (vectorized).
+) -> HistoryBatch:
+    """Right-aligned padded histories for a batch of target positions (vectorized), as one `HistoryBatch`.
 
-    Returns history_items int64 [B, L], history_weights float32 [B, L], history_mask bool [B, L],
-    target int64 [B]; L = max_history, the most recent events last (with trim, L = the batch's longest history).
+    L = max_history, the most recent events last (with trim, L = the batch's longest history).
     """
     positions = np.asarray(positions, dtype=np.int64)
     end = events.history_end[positions]  # [B]
@@ -295,9 +295,4 @@ def gather_histories(
     index = np.where(mask, index, 0)
     items = np.where(mask, events.item[index], 0).astype(np.int64)
     weights = np.where(mask, weights_by_event[events.event[index]], 0.0).astype(np.float32)
-    return {
-        "history_items": items,
-        "history_weights": weights,
-        "history_mask": mask,
-        "target": events.item[positions].astype(np.int64),
-    }
+    return HistoryBatch.from_arrays(items, weights, mask, events.item[positions])

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 
 from twotower.evaluation.rankers import Interactions, plain_top_k, weighted_history_matrix
+
+if TYPE_CHECKING:
+    from twotower.data.batches import HistoryBatch
 
 __all__ = ["ItemKNNRanker", "WEIGHTINGS"]
 
@@ -135,7 +137,7 @@ class ItemKNNRanker:
         matrix.eliminate_zeros()
         return matrix
 
-    def scores(self, batch: Mapping[str, Any]) -> np.ndarray:
+    def scores(self, batch: HistoryBatch) -> np.ndarray:
         """Dense float32 ``[B, num_items]``: co-occurrence scores plus the popularity tie-break."""
         if self.num_items is None or self.similarity is None:
             raise RuntimeError("item_knn: call fit() before scores()")
@@ -143,5 +145,5 @@ class ItemKNNRanker:
         dense = np.asarray((history @ self.similarity).todense(), dtype=np.float32)  # [B, N]
         return dense + self._tiebreak[None, :]
 
-    def recommend(self, batch: Mapping[str, Any], k: int) -> np.ndarray:
+    def recommend(self, batch: HistoryBatch, k: int) -> np.ndarray:
         return plain_top_k(self, batch, k)

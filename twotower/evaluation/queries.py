@@ -1,5 +1,5 @@
-"""A split's queries: ranker batches (as the datamodule yields them, in the bundle's item order) and the
-scoring function's history input (rows, event weights, times, the target's time as "now")."""
+"""A split's queries: ranker batches (``HistoryBatch``es as the datamodule yields them, in the bundle's item
+order) and the scoring function's history input (rows, event weights, times, the target's time as "now")."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from twotower.data.batches import HistoryBatch
 from twotower.data.catalog import Catalog
 from twotower.retrieval.bundle import BundleError
 from twotower.scoring import History
@@ -61,13 +62,12 @@ class SplitQueries:
         """bool [Q]: the target is already in the history input (evaluate's definition of a repeat)."""
         return ((self.history.items == self.targets[:, None]) & self.history.mask).any(axis=1)
 
-    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], History]]:
-        """``(query indices, ranker batch, history)`` per batch, item indices in the bundle's order."""
+    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, HistoryBatch, History]]:
+        """``(query indices, ranker batch, history)`` per batch, item indices (history and target) in the
+        bundle's order."""
         for start in range(0, len(self), batch_size):
             index = np.arange(start, min(start + batch_size, len(self)))
-            batch = {key: value.numpy() for key, value in self.dataset.__getitems__(index).items()}
-            batch["history_items"] = np.where(batch["history_mask"], self.mapping[batch["history_items"]], 0)
-            yield index, batch, self.history.take(index)
+            yield index, self.dataset.__getitems__(index).map_items(self.mapping), self.history.take(index)
 
 
 def split_queries(

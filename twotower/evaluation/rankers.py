@@ -1,8 +1,8 @@
 """Rankers: the model and the non-learned baselines, each scoring the whole candidate catalog for a batch.
 
 Every ranker is a plain class: ``fit(interactions)`` on the training period, then
-``scores(batch) -> float32 [B, N]`` for a batch of padded histories (the ``history_items`` /
-``history_weights`` / ``history_mask`` arrays a ``HistoryDataset`` yields). Lists are built from the scores
+``scores(batch) -> float32 [B, N]`` for a :class:`~twotower.data.batches.HistoryBatch` of padded histories
+(as a ``HistoryDataset`` yields it; by hand: ``HistoryBatch.from_arrays(items, weights, mask)``). Lists are built from the scores
 by the served scoring function (:mod:`twotower.scoring`: seen-item exclusion, repeat score, deterministic
 ties), the same for every ranker. ``recommend(batch, k)`` is the plain top-k of the scores (no exclusion).
 
@@ -16,7 +16,6 @@ ties), the same for every ranker. ``recommend(batch, k)`` is the plain top-k of 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from twotower.data.batches import HistoryBatch
 from twotower.scoring import SECONDS_PER_DAY, History, ScoringSettings, rank_dense
 
 __all__ = [
@@ -74,11 +74,16 @@ def as_numpy(value: Any) -> np.ndarray:
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
 
-def history_arrays(batch: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def history_arrays(batch: HistoryBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(items int64, weights float32, mask bool)``, each ``[B, L]``, from a ranker batch."""
-    items = as_numpy(batch["history_items"]).astype(np.int64)
-    weights = as_numpy(batch["history_weights"]).astype(np.float32)
-    mask = as_numpy(batch["history_mask"]).astype(bool)
+    if not isinstance(batch, HistoryBatch):
+        raise TypeError(
+            f"rankers take a twotower.data.batches.HistoryBatch, got {type(batch).__name__}; build one from "
+            "arrays with HistoryBatch.from_arrays(history_items, history_weights, history_mask)"
+        )
+    items = as_numpy(batch.history_items).astype(np.int64)
+    weights = as_numpy(batch.history_weights).astype(np.float32)
+    mask = as_numpy(batch.history_mask).astype(bool)
     if items.ndim != 2 or items.shape != weights.shape or items.shape != mask.shape:
         raise ValueError(
             f"history_items, history_weights and history_mask must all be [B, L]; got {items.shape}, "
@@ -87,7 +92,7 @@ def history_arrays(batch: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np
     return items, weights, mask
 
 
-def weighted_history_matrix(batch: Mapping[str, Any], num_items: int) -> sp.csr_matrix:
+def weighted_history_matrix(batch: HistoryBatch, num_items: int) -> sp.csr_matrix:
     """Sparse ``[B, num_items]``: entry (b, i) = summed event weight of item i in row b's history."""
     items, weights, mask = history_arrays(batch)
     rows = np.broadcast_to(np.arange(items.shape[0])[:, None], items.shape)  # [B, L]
@@ -104,12 +109,12 @@ class Ranker(Protocol):
 
     def fit(self, interactions: Interactions) -> Ranker: ...
 
-    def scores(self, batch: Mapping[str, Any]) -> np.ndarray:
+    def scores(self, batch: HistoryBatch) -> np.ndarray:
         """float32 ``[B, N]``: higher = better, for every catalog item."""
         ...
 
 
-def plain_top_k(ranker: Ranker, batch: Mapping[str, Any], k: int) -> np.ndarray:
+def plain_top_k(ranker: Ranker, batch: HistoryBatch, k: int) -> np.ndarray:
     """int64 ``[B, k]``: the ranker's top k with seen items allowed and no repeat score (ties: lower index)."""
     items, _, mask = history_arrays(batch)
     return rank_dense(ranker.scores(batch), History(items, mask), ScoringSettings(exclude_seen=False), k)[0]
@@ -127,11 +132,11 @@ class _Broadcast:
     name = "broadcast"
     vector: np.ndarray | None = None
 
-    def scores(self, batch: Mapping[str, Any]) -> np.ndarray:
+    def scores(self, batch: HistoryBatch) -> np.ndarray:
         vector = _check_fitted(self.vector, self.name)
-        return np.broadcast_to(vector, (len(as_numpy(batch["history_items"])), len(vector)))
+        return np.broadcast_to(vector, (len(history_arrays(batch)[0]), len(vector)))
 
-    def recommend(self, batch: Mapping[str, Any], k: int) -> np.ndarray:
+    def recommend(self, batch: HistoryBatch, k: int) -> np.ndarray:
         return plain_top_k(self, batch, k)
 
 
@@ -198,7 +203,7 @@ class TextOnlyRanker:
             )
         return self  # nothing to learn
 
-    def buyer_vectors(self, batch: Mapping[str, Any]) -> torch.Tensor:
+    def buyer_vectors(self, batch: HistoryBatch) -> torch.Tensor:
         """L2-normalized ``[B, d]``: sum_l w_l t_l / sum_l w_l over the unmasked history."""
         items, weights, mask = history_arrays(batch)
         weights = torch.from_numpy(np.where(mask, weights, 0.0).astype(np.float32))  # [B, L]
@@ -208,10 +213,10 @@ class TextOnlyRanker:
         )  # [B, d]
         return F.normalize(pooled, dim=1)
 
-    def scores(self, batch: Mapping[str, Any]) -> np.ndarray:
+    def scores(self, batch: HistoryBatch) -> np.ndarray:
         return (self.buyer_vectors(batch) @ self.item_vectors.T).numpy()
 
-    def recommend(self, batch: Mapping[str, Any], k: int) -> np.ndarray:
+    def recommend(self, batch: HistoryBatch, k: int) -> np.ndarray:
         return plain_top_k(self, batch, k)
 
 
@@ -239,15 +244,15 @@ class ModelRanker:
         return self  # trained already
 
     @torch.no_grad()
-    def buyer_vectors(self, batch: Mapping[str, Any]) -> torch.Tensor:
+    def buyer_vectors(self, batch: HistoryBatch) -> torch.Tensor:
         items, weights, mask = (torch.from_numpy(a) for a in history_arrays(batch))
         return self.buyer_tower.pool(self.item_embeddings, items, weights, mask)  # [B, D]
 
-    def scores(self, batch: Mapping[str, Any]) -> np.ndarray:
+    def scores(self, batch: HistoryBatch) -> np.ndarray:
         return (self.buyer_vectors(batch) @ self.item_embeddings.T).numpy()
 
     def candidates(
-        self, batch: Mapping[str, Any], count: int, history_items: np.ndarray
+        self, batch: HistoryBatch, count: int, history_items: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Through the index: ``(ids [B, count], scores [B, count], scores of history_items [B, L])``: the
         ``count`` best by the index, and the exact scores of the given rows (the request's history)."""
@@ -261,5 +266,5 @@ class ModelRanker:
         history = torch.einsum("bld,bd->bl", self.item_embeddings[rows], vectors).numpy()
         return np.asarray(ids, np.int64), np.asarray(scores, np.float32), history
 
-    def recommend(self, batch: Mapping[str, Any], k: int) -> np.ndarray:
+    def recommend(self, batch: HistoryBatch, k: int) -> np.ndarray:
         return plain_top_k(self, batch, k)

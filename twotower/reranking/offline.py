@@ -21,11 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from twotower.reranking.base import RerankContext, Reranker, rerank_batch
+
+if TYPE_CHECKING:  # typing only: the reranking core stays numpy-only at run time
+    from twotower.data.batches import HistoryBatch
 
 __all__ = ["RerankedRanker", "reranked_model"]
 
@@ -44,7 +47,7 @@ class RerankedRanker:
         self.method.fit(interactions)
         return self
 
-    def candidate_scores(self, batch: Mapping[str, Any], rows: np.ndarray) -> np.ndarray:
+    def candidate_scores(self, batch: HistoryBatch, rows: np.ndarray) -> np.ndarray:
         """float32 [B, C] scores of the candidates ``rows`` int [B, C] (-1 = empty slot, score -inf)."""
         empty = rows < 0
         if hasattr(self.method, "buyer_vectors") and self.context.item_vectors is not None:
@@ -60,7 +63,7 @@ class RerankedRanker:
         scores[empty] = -np.inf
         return scores
 
-    def recommend(self, batch: Mapping[str, Any], k: int) -> np.ndarray:
+    def recommend(self, batch: HistoryBatch, k: int) -> np.ndarray:
         rows = np.asarray(self.method.recommend(batch, self.reranker.fetch_size(k)), dtype=np.int64)
         reranked, _ = rerank_batch(self.reranker, rows, self.candidate_scores(batch, rows), k, self.context)
         return reranked

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 from twotower.data.batches import HistoryBatch
 from twotower.data.catalog import Catalog
@@ -140,28 +140,31 @@ def check_manifest_config(config: Mapping[str, Any]) -> None:
         )
 
 
-def _collate(batch: Any) -> HistoryBatch | dict[str, torch.Tensor]:
-    # a dataset that gathers whole batches itself returns one batch object; others return a list of rows
-    return batch if isinstance(batch, Mapping | HistoryBatch) else default_collate(batch)
+def _collate(batch: HistoryBatch | list[HistoryBatch]) -> HistoryBatch:
+    # a dataset that gathers whole batches itself returns one HistoryBatch; others a list of one-example rows
+    return batch if isinstance(batch, HistoryBatch) else HistoryBatch.stack(batch)
 
 
 def held_out_buyer_vectors(
     module: TwoTowerModule, dataset: Dataset, item_vectors: torch.Tensor, limit: int
 ) -> np.ndarray:
-    """Buyer vectors ``[n, D]`` of up to ``limit`` examples of ``dataset``, evenly spread (recall queries)."""
+    """Buyer vectors ``[n, D]`` of up to ``limit`` examples of ``dataset``, evenly spread (recall queries).
+
+    ``dataset`` yields ``HistoryBatch``es: a whole batch from ``__getitems__`` (``HistoryDataset``), or one
+    example per ``__getitem__``."""
     if limit < 1 or len(dataset) == 0:
         return np.zeros((0, item_vectors.shape[1]), np.float32)
     picks = np.linspace(0, len(dataset) - 1, num=min(limit, len(dataset))).astype(np.int64).tolist()
     # One batch through a DataLoader, which uses the dataset's own batching where it has one
-    # (HistoryDataset gathers a whole batch at once) and torch's default collation otherwise.
+    # (HistoryDataset gathers a whole batch at once) and stacks one-example rows otherwise.
     loader = DataLoader(dataset, batch_size=len(picks), sampler=picks, collate_fn=_collate)
     batch = next(iter(loader))
     device = item_vectors.device
     with torch.no_grad():
         buyers = module.embed_buyers(
-            batch["history_items"].to(device),
-            batch["history_weights"].to(device),
-            batch["history_mask"].to(device),
+            batch.history_items.to(device),
+            batch.history_weights.to(device),
+            batch.history_mask.to(device),
             item_vectors,
         )
     return buyers.float().cpu().numpy()
