@@ -19,7 +19,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ONLINE_RETAIL = ROOT.parent.parent / "shared" / "data" / "online_retail"
+# ../shared beside the project root (README); a git worktree under ../wt/NAME has it two levels up
+ONLINE_RETAIL = next(
+    (
+        p / "shared" / "data" / "online_retail"
+        for p in (ROOT.parent, ROOT.parent.parent)
+        if (p / "shared").is_dir()
+    ),
+    ROOT.parent / "shared" / "data" / "online_retail",
+)
 
 DATA = {
     "sample": [],
