@@ -26,11 +26,13 @@ def body(*pids: str, event: str = "purchase", **extra: object) -> dict:
 
 @pytest.fixture(scope="module")
 def open_server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    # batch_timeout is long so that concurrent test requests share batches
+    # batch_timeout is long so that concurrent test requests share batches; this server uses LitServe's ZeroMQ
+    # transport (server.fast_queue), the keyed one below the default queues, so both carry every kind of request
     server = LiveServer(
         tiny_bundle,
         tmp_path_factory.mktemp("open"),
         None,
+        "server.fast_queue=true",
         "server.batch_timeout=0.05",
         "server.max_payload_bytes=8192",
         "server.body_timeout=1",

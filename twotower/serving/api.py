@@ -113,6 +113,7 @@ def build_server(
         model_metadata=model_metadata,
         middlewares=middlewares,
         max_payload_size=server.max_payload_bytes,  # LitServe counts the streamed bytes (413 beyond)
+        fast_queue=server.fast_queue,
     )
     # LitServe waits this long for each front end to finish open requests on shutdown (its default, 30 s,
     # would break the 10 s shutdown bound); there is no constructor argument for it.

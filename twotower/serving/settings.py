@@ -15,6 +15,8 @@ class ServerSettings:
     workers_per_device: int = 1
     api_servers: int = 1
     api_server_worker_type: str = "process"
+    # LitServe's ZeroMQ transport between workers and front ends (its "fast_queue"; not on Windows)
+    fast_queue: bool = False
     timeout: float = 30.0
     max_payload_bytes: int = 65_536
     cors_origins: list[str] = field(default_factory=list)
