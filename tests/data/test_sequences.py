@@ -235,3 +235,61 @@ def test_trim_keeps_only_the_longest_history_in_the_batch():
     ]:
         np.testing.assert_array_equal(got, want[:, -2:])
     np.testing.assert_array_equal(trimmed.target, full.target)
+
+
+def test_keep_buyers_takes_a_seeded_hashed_share_and_renumbers():
+    from twotower.data.sequences import EventLog
+
+    buyers = 400
+    ids = [f"buyer-{i}" for i in range(buyers)]
+    buyer = np.repeat(np.arange(buyers, dtype=np.int32), 3)
+    events = EventLog(
+        buyer=buyer,
+        item=(np.arange(len(buyer)) % 7).astype(np.int32),
+        event=np.zeros(len(buyer), np.int8),
+        timestamp=np.tile(np.array([1, 2, 3], np.int64), buyers),
+        buyer_ids=ids,
+    )
+    kept = events.keep_buyers(0.25)
+    assert 0.15 * buyers < len(kept.buyer_ids) < 0.35 * buyers
+    assert len(kept) == 3 * len(kept.buyer_ids)  # whole buyers: every event of a kept buyer stays
+    assert np.array_equal(np.unique(kept.buyer), np.arange(len(kept.buyer_ids)))  # renumbered densely
+    for b, buyer_id in enumerate(kept.buyer_ids):  # each kept buyer keeps its own events, in order
+        old = ids.index(buyer_id)
+        assert kept.item[kept.buyer == b].tolist() == events.item[events.buyer == old].tolist()
+    # the same buyers whatever the order of the file; another seed takes others; 1 keeps everything
+    shuffled = EventLog(buyer, events.item, events.event, events.timestamp, ids[::-1])
+    assert set(shuffled.keep_buyers(0.25).buyer_ids) == set(kept.buyer_ids)
+    assert set(events.keep_buyers(0.25, seed=1).buyer_ids) != set(kept.buyer_ids)
+    assert events.keep_buyers(1.0) is events
+    with pytest.raises(ValueError, match="buyer_fraction"):
+        events.keep_buyers(0.0)
+
+
+def test_datamodule_buyer_fraction_counts_the_dropped_events(tmp_path):
+    from twotower.data.datamodule import TwoTowerDataModule
+
+    products = pd.DataFrame({"id": ["a", "b", "c"], "title": ["x", "y", "z"], "description": ["", "", ""]})
+    products.to_csv(tmp_path / "products.csv", index=False)
+    rows = [
+        (f"u{b}", "abc"[t], "purchase", f"2024-01-{t + 1:02d}T00:00:00Z")
+        for b in range(200)
+        for t in range(3)
+    ]
+    pd.DataFrame(rows, columns=["distinct_id", "product_id", "event_name", "created_at"]).to_csv(
+        tmp_path / "events.csv", index=False
+    )
+
+    def setup(fraction):
+        dm = TwoTowerDataModule(
+            str(tmp_path / "events.csv"), str(tmp_path / "products.csv"), buyer_fraction=fraction
+        )
+        dm.setup("fit")
+        return dm
+
+    full, part = setup(1.0), setup(0.3)
+    assert len(full.events) == 600 and 0.2 * 600 < len(part.events) < 0.4 * 600
+    assert part.report.dropped["events.buyer_fraction"] == len(full.events) - len(part.events)
+    assert "events.buyer_fraction" not in full.report.dropped
+    with pytest.raises(ValueError, match="buyer_fraction"):
+        TwoTowerDataModule("e.csv", "p.csv", buyer_fraction=1.5)

@@ -94,8 +94,12 @@ class TwoTowerDataModule(L.LightningDataModule):
         chunksize: int = DEFAULT_CHUNKSIZE,
         report_path: str | None = None,
         encoding: str = DEFAULT_ENCODING,
+        buyer_fraction: float = 1.0,
     ) -> None:
         super().__init__()
+        if not 0 < buyer_fraction <= 1:
+            raise ValueError(f"data.buyer_fraction must be in (0, 1], got {buyer_fraction}")
+        self.buyer_fraction = buyer_fraction
         if max_history < 1:
             raise ValueError(f"data.max_history must be >= 1, got {max_history}")
         if batch_size < 1 or eval_batch_size < 1:
@@ -146,6 +150,10 @@ class TwoTowerDataModule(L.LightningDataModule):
             show_progress=is_main,
             encoding=self.encoding,
         )
+        if self.buyer_fraction < 1:  # a quick run (e.g. a hyperparameter search) on a seeded share of buyers
+            kept = self.events.keep_buyers(self.buyer_fraction)
+            self.report.drop("events.buyer_fraction", len(self.events) - len(kept))
+            self.events = kept
         self.examples = build_examples(
             self.events, self.schema, self.target_event_types, self.split_method, self.val_cut, self.test_cut
         )

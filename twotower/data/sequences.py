@@ -9,6 +9,7 @@ the position of its target event, and its history is sliced out of the arrays wh
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,25 @@ class EventLog:
 
     def __len__(self) -> int:
         return len(self.buyer)
+
+    def keep_buyers(self, fraction: float, seed: int = 0) -> EventLog:
+        """The events of a seeded ``fraction`` of the buyers, chosen by a hash of the buyer id (the same buyers
+        for the same ids, fraction and seed, whatever the file order); buyers are renumbered."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"data.buyer_fraction must be in (0, 1], got {fraction}")
+        if fraction == 1:
+            return self
+        hashes = np.array([zlib.crc32(f"{seed}:{b}".encode()) for b in self.buyer_ids], dtype=np.uint64)
+        kept = hashes < np.uint64(fraction * 2**32)
+        new_index = np.cumsum(kept) - 1
+        rows = kept[self.buyer]
+        return EventLog(
+            buyer=new_index[self.buyer[rows]].astype(np.int32),
+            item=self.item[rows],
+            event=self.event[rows],
+            timestamp=self.timestamp[rows],
+            buyer_ids=[b for b, k in zip(self.buyer_ids, kept, strict=True) if k],
+        )
 
 
 def load_events(
