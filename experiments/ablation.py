@@ -66,15 +66,19 @@ RUNS: dict[str, list[str]] = {
 }
 
 
-def training_scalars(train_dir: Path) -> dict[str, list[float]]:
-    """Per-epoch throughput and epoch time from the run's TensorBoard events (the manifest keeps only the end)."""
+SCALARS = ("train/examples_per_s", "train/epoch_seconds", "val/recall@10")
+
+
+def training_scalars(train_dir: Path, tags: tuple[str, ...] = SCALARS) -> dict[str, list[float]]:
+    """Per-epoch scalars (default: throughput, epoch time, val recall@10) from the run's TensorBoard events
+    (the manifest keeps only the end)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out: dict[str, list[float]] = {}
     for path in sorted(train_dir.glob("tensorboard/**/events.out*")):
         events = EventAccumulator(str(path))
         events.Reload()
-        for tag in ("train/examples_per_s", "train/epoch_seconds", "val/recall@10"):
+        for tag in tags:
             if tag in events.Tags()["scalars"]:
                 out[tag] = [round(e.value, 4) for e in events.Scalars(tag)]
     return out
