@@ -19,6 +19,7 @@ import litserve as ls
 from fastapi import Depends, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.middleware.gzip import GZipMiddleware
 
 from twotower.reranking import Reranker
 from twotower.serving.auth import (
@@ -68,6 +69,11 @@ class Service:
             self.manager.shutdown()
 
 
+def _is_gzip(entry: Any) -> bool:
+    """Whether a LitServe middleware entry (a class, or a (class, kwargs) pair) is starlette's gzip."""
+    return (entry[0] if isinstance(entry, tuple) else entry) is GZipMiddleware
+
+
 def build_server(
     bundle: str | Path | VariantsConfig,
     server: ServerSettings | None = None,
@@ -115,6 +121,12 @@ def build_server(
         max_payload_size=server.max_payload_bytes,  # LitServe counts the streamed bytes (413 beyond)
         fast_queue=server.fast_queue,
     )
+    # LitServe always gzips answers of >= 1000 bytes (when the client accepts gzip); the threshold is a setting
+    lit_server.middlewares = [
+        (GZipMiddleware, {"minimum_size": server.gzip_min_bytes}) if _is_gzip(entry) else entry
+        for entry in lit_server.middlewares
+        if not (_is_gzip(entry) and server.gzip_min_bytes is None)
+    ]
     # LitServe waits this long for each front end to finish open requests on shutdown (its default, 30 s,
     # would break the 10 s shutdown bound); there is no constructor argument for it.
     lit_server.uvicorn_graceful_timeout = server.graceful_timeout

@@ -17,6 +17,8 @@ class ServerSettings:
     api_server_worker_type: str = "process"
     # LitServe's ZeroMQ transport between workers and front ends (its "fast_queue"; not on Windows)
     fast_queue: bool = False
+    # answers at least this large are gzipped for clients that accept it (LitServe's default: 1000); None = never
+    gzip_min_bytes: int | None = 1000
     timeout: float = 30.0
     max_payload_bytes: int = 65_536
     cors_origins: list[str] = field(default_factory=list)
@@ -34,6 +36,8 @@ class ServerSettings:
     graceful_timeout: float = 2.0
 
     def __post_init__(self) -> None:
+        if self.gzip_min_bytes is not None and self.gzip_min_bytes < 0:
+            raise ValueError(f"server.gzip_min_bytes must be >= 0 or null, got {self.gzip_min_bytes}")
         if self.max_batch_size < 1:
             raise ValueError(f"server.max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.batch_timeout < 0:
