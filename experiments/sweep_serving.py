@@ -1,5 +1,5 @@
 """The serving batching sweep: `bench_serving.py` once per configuration, one factor at a time from the default
-(max_batch_size, batch_timeout, server.api_servers, server.fast_queue), each beside its own no-op endpoint.
+(max_batch_size, batch_timeout, server.api_servers, server.fast_queue, gzip), each beside its own no-op endpoint.
 
     python experiments/sweep_serving.py --products 100000 --tower transformer --out experiments/results/sweep
 
@@ -27,6 +27,7 @@ CONFIGS: dict[str, tuple[int, float, list[str]]] = {
     "timeout0.005": (16, 0.005, []),
     "api_servers2": (16, 0.001, ["server.api_servers=2"]),
     "fast_queue": (16, 0.001, ["server.fast_queue=true"]),
+    "no_gzip": (16, 0.001, ["server.gzip_min_bytes=null"]),
 }
 
 

@@ -250,6 +250,10 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
             {"loss": loss.detach(), "cand_grad": candidates.grad, "query_grad": query.grad},
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
+        # both ranks finish every collective (the backward's included) before either tears the group down: a
+        # rank that exits while gloo still runs the other's work aborted once in CI ("terminate called without
+        # an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
