@@ -12,7 +12,8 @@ the history items), the list is built as follows:
 3. Otherwise, with ``repeat_weight > 0``, each history item gets ``repeat_weight * r / max(r)`` added, where
    ``r = sum over its occurrences of event_weight * 0.5 ** (age_days / half_life_days)`` (count, event type
    and recency in one number; ``max`` over the query's history).
-   With learned ``repeat_coefficients`` (fitted on val, :func:`twotower.evaluation.tuning.fit_repeat_coefficients`)
+   With learned ``repeat_coefficients`` (fitted on val,
+   :func:`twotower.evaluation.learned_repeat.fit_repeat_coefficients`)
    a history item's score is instead ``c_score * s + sum_i c_i * log1p(f_i) + c_bias`` over
    :data:`REPEAT_FEATURES` (decayed counts at several half-lives, count, event-weight sum, days since its last
    occurrence; ages measured from the history's newest event, so offline and online agree without knowing

@@ -20,6 +20,7 @@ from twotower.data.sequences import (
     EventLog,
     Examples,
     build_examples,
+    check_buyer_fraction,
     gather_histories,
     item_counts,
     load_events,
@@ -97,9 +98,7 @@ class TwoTowerDataModule(L.LightningDataModule):
         buyer_fraction: float = 1.0,
     ) -> None:
         super().__init__()
-        if not 0 < buyer_fraction <= 1:
-            raise ValueError(f"data.buyer_fraction must be in (0, 1], got {buyer_fraction}")
-        self.buyer_fraction = buyer_fraction
+        self.buyer_fraction = check_buyer_fraction(buyer_fraction)  # at start-up, before any data is read
         if max_history < 1:
             raise ValueError(f"data.max_history must be >= 1, got {max_history}")
         if batch_size < 1 or eval_batch_size < 1:

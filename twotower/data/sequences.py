@@ -104,9 +104,7 @@ class EventLog:
     def keep_buyers(self, fraction: float, seed: int = 0) -> EventLog:
         """The events of a seeded ``fraction`` of the buyers, chosen by a hash of the buyer id (the same buyers
         for the same ids, fraction and seed, whatever the file order); buyers are renumbered."""
-        if not 0 < fraction <= 1:
-            raise ValueError(f"data.buyer_fraction must be in (0, 1], got {fraction}")
-        if fraction == 1:
+        if check_buyer_fraction(fraction) == 1:
             return self
         hashes = np.array([zlib.crc32(f"{seed}:{b}".encode()) for b in self.buyer_ids], dtype=np.uint64)
         kept = hashes < np.uint64(fraction * 2**32)
@@ -119,6 +117,13 @@ class EventLog:
             timestamp=self.timestamp[rows],
             buyer_ids=[b for b, k in zip(self.buyer_ids, kept, strict=True) if k],
         )
+
+
+def check_buyer_fraction(fraction: float) -> float:
+    """``fraction`` if it is a share of buyers to keep, in (0, 1]; else a ValueError naming the setting."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"data.buyer_fraction must be in (0, 1], got {fraction}")
+    return fraction
 
 
 def load_events(

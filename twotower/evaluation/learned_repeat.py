@@ -4,9 +4,8 @@ Each query's pool (its distinct history items and the method's top candidates, a
 builds it) is one softmax: history items score ``w . f + c_score * s + bias`` over their
 :func:`repeat_features` ``f``, new items ``a * s``; the target's probability is maximized (a conditional
 logit, L-BFGS, L2 on ``w``; ``a`` is kept positive). Dividing by ``a`` leaves new items at their own score
-``s``, as served. Nine
-numbers learned on val decide which of the buyer's items come back and when new items beat them: per shop,
-per method, without a hand-set repeat weight.
+``s``, as served. Nine numbers learned on val decide which of the buyer's items come back and when new items
+beat them: per shop, per method, without a hand-set repeat weight.
 
 Example:
     >>> coefficients = fit_repeat_coefficients(ids, scores, history, history_scores, targets)  # doctest: +SKIP

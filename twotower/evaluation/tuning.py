@@ -181,12 +181,14 @@ def _learned_choice(
     candidates: Candidates,
     val: SplitQueries,
     grid_best: ScoringSettings,
+    grid_ranked: np.ndarray,
     k: int,
     batch_size: int,
     repeats: RepeatCache,
-) -> tuple[ScoringSettings, dict[str, Any]] | None:
-    """Learned repeat settings (refitted on all of val when they beat ``grid_best`` on the held-out half, see the
-    module doc) and their trace entry (``kept``: whether they did); None when nothing could be learned."""
+) -> tuple[ScoringSettings, np.ndarray, dict[str, Any]] | None:
+    """Learned repeat settings (refitted on all of val when they beat ``grid_best``, whose val lists are
+    ``grid_ranked``, on the held-out half; see the module doc), their val lists and their trace entry (``kept``:
+    whether they did); None when nothing could be learned."""
     half = len(val) // 2
     features = repeats.features()
 
@@ -205,17 +207,15 @@ def _learned_choice(
     if coefficients is None:
         return None
     held_out = slice(half, None)
-
-    def held_out_recall(settings: ScoringSettings) -> float:
-        ranked = rank_split(candidates, val, settings, k, batch_size, repeats)
-        return recall_at(ranked[held_out], val.targets[held_out], k)
-
     trial = replace(base, repeat_coefficients=coefficients)
-    learned, grid = held_out_recall(trial), held_out_recall(grid_best)
+    trial_ranked = rank_split(candidates, val, trial, k, batch_size, repeats)
+    learned = recall_at(trial_ranked[held_out], val.targets[held_out], k)
+    grid = recall_at(grid_ranked[held_out], val.targets[held_out], k)
     entry = {f"held_out_recall@{k}": learned, f"grid_best_held_out_recall@{k}": grid, "kept": learned > grid}
     if not entry["kept"]:
-        return trial, entry
-    return replace(base, repeat_coefficients=fit(slice(None)) or coefficients), entry
+        return trial, trial_ranked, entry
+    refitted = replace(base, repeat_coefficients=fit(slice(None)) or coefficients)
+    return refitted, rank_split(candidates, val, refitted, k, batch_size, repeats), entry
 
 
 def tune_method(
@@ -237,26 +237,24 @@ def tune_method(
         candidates = candidates_of(ranker, val, k, batch_size)
         for exclude in exclusions:
             grid, learn = _settings_for(spec, exclude)
-            local: tuple[float, ScoringSettings] | None = None  # the best of this ranker's grid
+            # the best of this ranker's grid: (val recall, settings, val lists)
+            local: tuple[float, ScoringSettings, np.ndarray] | None = None
             for settings in grid:
-                score = recall_at(
-                    rank_split(candidates, val, settings, k, batch_size, repeats), val.targets, k
-                )
+                ranked = rank_split(candidates, val, settings, k, batch_size, repeats)
+                score = recall_at(ranked, val.targets, k)
                 trace.append({"ranker": params, "scoring": settings.to_dict(), f"val_recall@{k}": score})
                 if local is None or score > local[0]:
-                    local = (score, settings)
+                    local = (score, settings, ranked)
             if learn and local is not None:
-                learned = _learned_choice(candidates, val, local[1], k, batch_size, repeats)
+                learned = _learned_choice(candidates, val, local[1], local[2], k, batch_size, repeats)
                 if learned is not None:
-                    settings, entry = learned
-                    score = recall_at(
-                        rank_split(candidates, val, settings, k, batch_size, repeats), val.targets, k
-                    )
+                    settings, ranked, entry = learned
+                    score = recall_at(ranked, val.targets, k)
                     trace.append(
                         {"ranker": params, "scoring": settings.to_dict(), f"val_recall@{k}": score, **entry}
                     )
                     if entry["kept"] and score > local[0]:
-                        local = (score, settings)
+                        local = (score, settings, ranked)
             if local is not None and (exclude not in best or local[0] > best[exclude].val_score):
                 best[exclude] = Choice(dict(params), local[1], local[0])
         del candidates
