@@ -256,20 +256,15 @@ def test_nothing_is_learned_without_repeat_targets_and_bad_grid_values_are_refus
     events = EventLog(events.buyer, new_item, events.event, events.timestamp, events.buyer_ids)
     dataset = HistoryDataset(events, targets, 100, WEIGHTS)
     val = split_queries(events, targets, dataset, np.arange(num_items), 100, WEIGHTS)
-    candidates = candidates_of(
-        PopularityRanker().fit(Interactions(np.zeros(1), np.zeros(1, dtype=np.int64), np.ones(1), num_items)),
-        val,
-        1,
-        8,
+    ranker = PopularityRanker().fit(
+        Interactions(np.zeros(1), np.zeros(1, dtype=np.int64), np.ones(1), num_items)
     )
+    candidates = candidates_of(ranker, val, 1, 8)
     assert (
         fit_repeat_coefficients(
             candidates.ids, candidates.scores, val.history, candidates.history_scores, val.targets
         )
         is None
-    )
-    ranker = PopularityRanker().fit(
-        Interactions(np.zeros(1), np.zeros(1, dtype=np.int64), np.ones(1), num_items)
     )
     with pytest.raises(ValueError, match="repeat_coefficients"):
         choose_served_settings(ranker, val, {"repeat_coefficients": [None, "learn"]}, k=1)
