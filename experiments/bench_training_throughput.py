@@ -2,7 +2,7 @@
 history per target, and cached text features vs re-encoding product text every step (the seeds).
 
     python experiments/bench_training_throughput.py [--steps 20] [--products 2000] [--buyers 1000]
-        [--aggregation transformer] [--events PATH --products-path PATH]
+        [--aggregation transformer] [--events PATH --products-path PATH] [--device cuda] [--precision bf16]
 
 Same data, same model, same process; each variant runs `--steps` optimizer steps after one warm-up step and
 reports examples (next-item targets)/s. The re-encoding variant runs the frozen text encoder over the text of
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from twotower.data.datamodule import TwoTowerDataModule
 from twotower.data.sample import ensure_sample
@@ -34,7 +35,7 @@ class ReencodingModule(TwoTowerModule):
 
     def embed_items(self, items: torch.Tensor) -> torch.Tensor:
         texts = [self._texts[i] for i in items.tolist()]
-        text = torch.from_numpy(self.encoder.encode(texts))
+        text = torch.from_numpy(self.encoder.encode(texts)).to(items.device)
         return self.item_tower(
             text, self.brand_index[items], self.category_index[items], self.id_index[items]
         )
@@ -48,6 +49,8 @@ def throughput(
     cache_dir: str,
     sequence: bool,
     aggregation: str,
+    device: torch.device,
+    precision: str,
 ) -> float:
     torch.manual_seed(0)
     catalog = datamodule.catalog
@@ -63,21 +66,30 @@ def throughput(
     )
     module.attach_catalog(catalog, datamodule.train_item_counts)
     module.log = lambda *args, **kwargs: None  # no Trainer attached
+    module.to(device)
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
     batches = iter(datamodule.train_dataloader())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def step() -> int:
-        batch = next(batches)
-        loss = module.training_step(batch, 0)
+        batch = move_data_to_device(next(batches), device)  # as Lightning moves a batch
+        with autocast:
+            loss = module.training_step(batch, 0)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         return len(batch.target)
 
+    def synchronize() -> None:  # CUDA runs asynchronously: time finished work only
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     step()  # warm-up
+    synchronize()
     start, examples = time.perf_counter(), 0
     for _ in range(steps):
         examples += step()
+    synchronize()
     return examples / (time.perf_counter() - start)
 
 
@@ -95,7 +107,14 @@ def main() -> None:
     parser.add_argument("--products-path", default=None)
     parser.add_argument("--skip-reencode", action="store_true")
     parser.add_argument("--cache-dir", default=None, help="text feature cache kept between runs")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | auto (cuda when torch sees a GPU)")
+    parser.add_argument(
+        "--precision", default="32", choices=["32", "bf16"], help="bf16: autocast, as trainer=gpu's mixed precision"
+    )
     args = parser.parse_args()
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         if args.events:
             paths = {"events": args.events, "products": args.products_path}
@@ -116,16 +135,19 @@ def main() -> None:
         )._encode_texts_once(datamodule.catalog.texts)
         fill_seconds = time.perf_counter() - fill_start
         common = (encoder, args.steps, cache)
-        sequence = throughput(TwoTowerModule, datamodule, *common, True, args.aggregation)
-        cached = throughput(TwoTowerModule, datamodule, *common, False, args.aggregation)
+        settings = (args.aggregation, device, args.precision)
+        sequence = throughput(TwoTowerModule, datamodule, *common, True, *settings)
+        cached = throughput(TwoTowerModule, datamodule, *common, False, *settings)
         reencoded = (
             None
             if args.skip_reencode
-            else throughput(ReencodingModule, datamodule, *common, False, args.aggregation)
+            else throughput(ReencodingModule, datamodule, *common, False, *settings)
         )
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {subprocess.getoutput('nproc')} cores, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": args.precision,
         "products": len(datamodule.catalog),
         "aggregation": args.aggregation,
         "batch_size": args.batch_size,

@@ -159,6 +159,34 @@ def test_unfrozen_sentence_transformer_is_fine_tuned(tiny_config):
 
 
 @pytest.mark.slow
+def test_ddp_strategy_with_one_device_trains_on_sequence_windows(tmp_path):
+    # `trainer=ddp trainer.devices=1` (one GPU): Lightning injects a distributed sampler under any DDP
+    # strategy, which can't wrap the length-bucket batch sampler; the datamodule must hand it a plain one.
+    command = [
+        sys.executable,
+        "-m",
+        "twotower.train",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "trainer.precision=32-true",
+        "trainer.max_epochs=1",
+        "data.sequence_training=true",
+        f"paths.root_dir={tmp_path}",
+        "data.sample.products=300",
+        "data.sample.buyers=200",
+        "hydra.run.dir=" + str(tmp_path / "run"),
+        "callbacks.embedding_projector=null",
+    ]
+    result = subprocess.run(
+        command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    manifest = json.loads((tmp_path / "run" / "bundle" / "manifest.json").read_text())
+    assert manifest["metrics"]["test/recall@10"] > 0
+
+
+@pytest.mark.slow
 def test_ddp_sim_metrics_equal_single_process_on_the_same_checkpoint(tmp_path):
     root = tmp_path
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

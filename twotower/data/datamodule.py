@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.strategies import ParallelStrategy
 from torch.utils.data import DataLoader, Dataset
 
 from twotower.data.batches import HistoryBatch, LengthBucketBatchSampler, SequenceDataset, build_windows
@@ -205,6 +206,13 @@ class TwoTowerDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    def _distributed(self) -> bool:
+        """Whether Lightning will inject a distributed sampler: under any parallel strategy (DDP), even with
+        one process (`trainer=ddp trainer.devices=1`), and it can't wrap the length-bucket batch sampler."""
+        return self.trainer is not None and (
+            self.trainer.world_size > 1 or isinstance(self.trainer.strategy, ParallelStrategy)
+        )
+
     def sequence_dataset(self, split: str = "train") -> SequenceDataset:
         """Windows of max_history events holding every `split` target (see build_windows)."""
         assert self.events is not None and self.examples is not None, "call setup() first"
@@ -214,9 +222,7 @@ class TwoTowerDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.sequence_training:
             dataset = self.sequence_dataset("train")
-            if (
-                self.trainer is not None and self.trainer.world_size > 1
-            ):  # DDP: its sampler shards the windows
+            if self._distributed():  # Lightning's distributed sampler shards the windows
                 return self._loader(dataset, self.sequence_batch_size, shuffle=True)
             lengths = dataset.windows.end - dataset.windows.start
             return DataLoader(

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The CUDA checks in one short script, for a lent GPU machine (see experiments/RESULTS.md, "CUDA paths"):
+#   1. the index tests (their CUDA branches run only where torch sees a GPU);
+#   2. one epoch on the sample with trainer=gpu, then with trainer=ddp trainer.devices=1, bundle included;
+#   3. the training-throughput benchmark on cuda (fp32 and bf16) beside the machine's own CPU;
+#   4. exact search at 1M x 384: torch_exact on cuda beside FAISS flat on the CPU;
+#   5. one epoch on Online Retail with trainer=gpu (when its files are in .devdata/).
+# Every step runs under its own time limit and the script goes on after a failure; each step's log and a
+# summary (step, exit status, seconds) land in $OUT (default /tmp/gpu_check).
+#
+#   bash experiments/gpu_check.sh                     # on the GPU machine
+#   GPU_TRAINER="trainer=cpu" DDP_TRAINER="trainer=ddp trainer.accelerator=cpu trainer.devices=1 \
+#     trainer.precision=32-true" BENCH_DEVICE=cpu INDEX_SIZE=20000 WHEELS=none PYTHON=.venv/bin/python \
+#     bash experiments/gpu_check.sh                                                     # dry run on a CPU
+#
+# Packages the GPU image lacks travel as wheels in .whl/ (device README); they are installed to /tmp/site.
+set -u
+OUT=${OUT:-/tmp/gpu_check}
+RUNS=${RUNS:-/tmp/gpu_runs}
+GPU_TRAINER=${GPU_TRAINER:-trainer=gpu}
+DDP_TRAINER=${DDP_TRAINER:-trainer=ddp trainer.devices=1}
+BENCH_DEVICE=${BENCH_DEVICE:-cuda}
+INDEX_SIZE=${INDEX_SIZE:-1000000}
+PYTHON=${PYTHON:-python3}
+WHEELS=${WHEELS:-.whl}          # none: use the packages already installed
+ONLINE_RETAIL=${ONLINE_RETAIL:-1}
+mkdir -p "$OUT" "$RUNS"
+export PYTHONUNBUFFERED=1
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
+    || { echo "wheel install failed"; exit 1; }
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, record rc and seconds
+  local name=$1 limit=$2 start rc
+  shift 2
+  start=$(date +%s.%N)
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  rc=$?
+  printf '%-14s rc=%-3s %6.1f s\n' "$name" "$rc" "$(echo "$(date +%s.%N) - $start" | bc)" | tee -a "$OUT/summary.txt"
+  tail -n 4 "$OUT/$name.log"
+}
+
+scalars() {  # last TensorBoard value of the training figures of a run directory
+  "$PYTHON" - "$1" <<'EOF'
+import sys
+from pathlib import Path
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+for events in sorted(Path(sys.argv[1]).rglob("events.out.tfevents.*")):
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    for tag in sorted(acc.Tags()["scalars"]):
+        if any(key in tag for key in ("examples_per_s", "recall@10", "text_retention", "epoch_seconds")):
+            values = [e.value for e in acc.Scalars(tag)]
+            print(f"{events.parent.name} {tag}: last {values[-1]:.4f} (n={len(values)})")
+EOF
+}
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
+  "$PYTHON" -c "import torch, lightning; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'lightning', lightning.__version__)"
+  nproc
+} >"$OUT/summary.txt" 2>&1
+cat "$OUT/summary.txt"
+
+step index_tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider tests/retrieval/test_index.py
+# shellcheck disable=SC2086  # the trainer overrides are several words on purpose
+step train_gpu 240 "$PYTHON" -m twotower.train $GPU_TRAINER trainer.max_epochs=1 hydra.run.dir="$RUNS/gpu"
+scalars "$RUNS/gpu" >>"$OUT/train_gpu.log" 2>&1
+ls "$RUNS/gpu"/bundle* "$RUNS/gpu"/*/bundle* >>"$OUT/train_gpu.log" 2>&1
+# shellcheck disable=SC2086
+step train_ddp 240 "$PYTHON" -m twotower.train $DDP_TRAINER trainer.max_epochs=1 hydra.run.dir="$RUNS/ddp"
+scalars "$RUNS/ddp" >>"$OUT/train_ddp.log" 2>&1
+step throughput 240 bash -c "for p in 32 bf16; do $PYTHON experiments/bench_training_throughput.py --device $BENCH_DEVICE \
+  --precision \$p --skip-reencode --steps 30; done; $PYTHON experiments/bench_training_throughput.py --device cpu --skip-reencode --steps 10"
+step exact_search 240 "$PYTHON" experiments/bench_index.py --sizes "$INDEX_SIZE" --kinds flat torch_exact --budget-s 3
+if [ "$ONLINE_RETAIL" = 1 ] && [ -f .devdata/or_events.csv.gz ]; then
+  gunzip -kf .devdata/or_events.csv.gz
+  # shellcheck disable=SC2086
+  step online_retail 300 "$PYTHON" -m twotower.train data=csv data.events_path=.devdata/or_events.csv \
+    data.products_path=.devdata/or_products.csv $GPU_TRAINER trainer.max_epochs=1 test=false export=false \
+    hydra.run.dir="$RUNS/or"
+  scalars "$RUNS/or" >>"$OUT/online_retail.log" 2>&1
+fi
+cat "$OUT/summary.txt"
