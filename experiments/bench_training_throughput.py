@@ -109,7 +109,10 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None, help="text feature cache kept between runs")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto (cuda when torch sees a GPU)")
     parser.add_argument(
-        "--precision", default="32", choices=["32", "bf16"], help="bf16: autocast, as trainer=gpu's mixed precision"
+        "--precision",
+        default="32",
+        choices=["32", "bf16"],
+        help="bf16: autocast, as trainer=gpu's mixed precision",
     )
     args = parser.parse_args()
     if args.device == "auto":
