@@ -36,10 +36,10 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, record rc and seconds
   local name=$1 limit=$2 start rc
   shift 2
-  start=$(date +%s.%N)
+  start=$(date +%s%N)
   timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
   rc=$?
-  printf '%-14s rc=%-3s %6.1f s\n' "$name" "$rc" "$(echo "$(date +%s.%N) - $start" | bc)" | tee -a "$OUT/summary.txt"
+  printf '%-14s rc=%-3s %6d ms\n' "$name" "$rc" "$((($(date +%s%N) - start) / 1000000))" | tee -a "$OUT/summary.txt"
   tail -n 4 "$OUT/$name.log"
 }
 
