@@ -82,14 +82,17 @@ def run_size(n: int, args: argparse.Namespace) -> list[dict]:
     exact = IndexBuilder("flat").build(items)
     rows = []
     for kind in args.kinds:
-        builder = IndexBuilder(kind, ef_construction=args.ef_construction, nprobe=args.nprobe)
+        builder = IndexBuilder(
+            kind, ef_construction=args.ef_construction, nprobe=args.nprobe, device=args.device
+        )
         t = time.perf_counter()
         index = exact if kind == "flat" else builder.build(items)
         build_s = exact.info["build_seconds"] if kind == "flat" else time.perf_counter() - t
         p50, p99, n_single = single_latency(index, queries, args.single_queries, args.budget_s)
         row = {
             "kind": kind,
-            "factory": index.info["factory"] or "torch matmul+topk",
+            "factory": index.info["factory"]
+            or f"torch matmul+topk, {index.info['device']} {index.info['precision']}",
             "build_s": build_s,
             "mb": index.memory_bytes() / 2**20,
             "p50": p50,
@@ -145,6 +148,12 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=10.0, help="time cap per latency measurement")
     parser.add_argument(
         "--kinds", nargs="+", default=["flat", "ivf", "hnsw", "sq8", "torch_exact"], choices=KINDS
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu | cuda | auto: where torch_exact (and GPU FAISS, when installed) search; flat stays the "
+        "CPU reference",
     )
     parser.add_argument("--ef-construction", type=int, default=40)
     parser.add_argument("--nprobe", type=int, default=16)

@@ -4,7 +4,8 @@
 #   2. one epoch on the sample with trainer=gpu, then with trainer=ddp trainer.devices=1, bundle included;
 #   3. the training-throughput benchmark on cuda (fp32 and bf16) beside the machine's own CPU;
 #   4. exact search at 1M x 384: torch_exact on cuda beside FAISS flat on the CPU;
-#   5. one epoch on Online Retail with trainer=gpu (when its files are in .devdata/).
+#   5. one epoch on Online Retail with trainer=gpu at each of $OR_PRECISIONS (when its files are in .devdata/).
+# STEPS names the steps to run (all by default).
 # Every step runs under its own time limit and the script goes on after a failure; each step's log and a
 # summary (step, exit status, seconds) land in $OUT (default /tmp/gpu_check).
 #
@@ -24,6 +25,8 @@ INDEX_SIZE=${INDEX_SIZE:-1000000}
 PYTHON=${PYTHON:-python3}
 WHEELS=${WHEELS:-.whl}          # none: use the packages already installed
 ONLINE_RETAIL=${ONLINE_RETAIL:-1}
+STEPS=${STEPS:-index_tests train_gpu train_ddp throughput exact_search online_retail}
+OR_PRECISIONS=${OR_PRECISIONS:-16-mixed}  # e.g. "16-mixed 32-true bf16-mixed": one Online Retail epoch each
 mkdir -p "$OUT" "$RUNS"
 export PYTHONUNBUFFERED=1
 if compgen -G "$WHEELS/*.whl" >/dev/null; then
@@ -36,6 +39,7 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, record rc and seconds
   local name=$1 limit=$2 start rc
   shift 2
+  [[ " $STEPS " == *" ${name%%.*} "* ]] || return 0
   start=$(date +%s%N)
   timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
   rc=$?
@@ -70,20 +74,22 @@ cat "$OUT/summary.txt"
 step index_tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider tests/retrieval/test_index.py
 # shellcheck disable=SC2086  # the trainer overrides are several words on purpose
 step train_gpu 240 "$PYTHON" -m twotower.train $GPU_TRAINER trainer.max_epochs=1 hydra.run.dir="$RUNS/gpu"
-scalars "$RUNS/gpu" >>"$OUT/train_gpu.log" 2>&1
-ls "$RUNS/gpu"/bundle* "$RUNS/gpu"/*/bundle* >>"$OUT/train_gpu.log" 2>&1
+[ -d "$RUNS/gpu" ] && scalars "$RUNS/gpu" >>"$OUT/train_gpu.log" 2>&1
 # shellcheck disable=SC2086
 step train_ddp 240 "$PYTHON" -m twotower.train $DDP_TRAINER trainer.max_epochs=1 hydra.run.dir="$RUNS/ddp"
-scalars "$RUNS/ddp" >>"$OUT/train_ddp.log" 2>&1
+[ -d "$RUNS/ddp" ] && scalars "$RUNS/ddp" >>"$OUT/train_ddp.log" 2>&1
 step throughput 240 bash -c "for p in 32 bf16; do $PYTHON experiments/bench_training_throughput.py --device $BENCH_DEVICE \
   --precision \$p --skip-reencode --steps 30; done; $PYTHON experiments/bench_training_throughput.py --device cpu --skip-reencode --steps 10"
-step exact_search 240 "$PYTHON" experiments/bench_index.py --sizes "$INDEX_SIZE" --kinds flat torch_exact --budget-s 3
+step exact_search 240 "$PYTHON" experiments/bench_index.py --sizes "$INDEX_SIZE" --kinds flat torch_exact \
+  --budget-s 3 --device "$BENCH_DEVICE"
 if [ "$ONLINE_RETAIL" = 1 ] && [ -f .devdata/or_events.csv.gz ]; then
   gunzip -kf .devdata/or_events.csv.gz
-  # shellcheck disable=SC2086
-  step online_retail 300 "$PYTHON" -m twotower.train data=csv data.events_path=.devdata/or_events.csv \
-    data.products_path=.devdata/or_products.csv $GPU_TRAINER trainer.max_epochs=1 test=false export=false \
-    hydra.run.dir="$RUNS/or"
-  scalars "$RUNS/or" >>"$OUT/online_retail.log" 2>&1
+  for precision in $OR_PRECISIONS; do
+    # shellcheck disable=SC2086
+    step "online_retail.$precision" 300 "$PYTHON" -m twotower.train data=csv data.events_path=.devdata/or_events.csv \
+      data.products_path=.devdata/or_products.csv $GPU_TRAINER trainer.precision="$precision" trainer.max_epochs=1 \
+      test=false export=false hydra.run.dir="$RUNS/or_$precision"
+    [ -d "$RUNS/or_$precision" ] && scalars "$RUNS/or_$precision" >>"$OUT/online_retail.$precision.log" 2>&1
+  done
 fi
 cat "$OUT/summary.txt"
