@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA checks in one short script, for a lent GPU machine (see experiments/RESULTS.md, "CUDA paths"):
-#   1. the index tests (their CUDA branches run only where torch sees a GPU);
+#   1. the index tests (their CUDA branches run only where torch sees a GPU), then the tests outside serving
+#      (which needs packages the GPU image lacks), where every Lightning run picks the GPU (accelerator auto);
 #   2. one epoch on the sample with trainer=gpu, then with trainer=ddp trainer.devices=1, bundle included;
 #   3. the training-throughput benchmark on cuda (fp32 and bf16) beside the machine's own CPU;
 #   4. exact search at 1M x 384: torch_exact on cuda beside FAISS flat on the CPU;
@@ -25,8 +26,8 @@ INDEX_SIZE=${INDEX_SIZE:-1000000}
 PYTHON=${PYTHON:-python3}
 WHEELS=${WHEELS:-.whl}          # none: use the packages already installed
 ONLINE_RETAIL=${ONLINE_RETAIL:-1}
-STEPS=${STEPS:-index_tests train_gpu train_ddp throughput exact_search online_retail}
-OR_PRECISIONS=${OR_PRECISIONS:-16-mixed}  # e.g. "16-mixed 32-true bf16-mixed": one Online Retail epoch each
+STEPS=${STEPS:-index_tests gpu_tests train_gpu train_ddp throughput exact_search online_retail}
+OR_PRECISIONS=${OR_PRECISIONS:-32-true}  # e.g. "16-mixed 32-true bf16-mixed": one Online Retail epoch each
 mkdir -p "$OUT" "$RUNS"
 export PYTHONUNBUFFERED=1
 if compgen -G "$WHEELS/*.whl" >/dev/null; then
@@ -72,6 +73,10 @@ EOF
 cat "$OUT/summary.txt"
 
 step index_tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider tests/retrieval/test_index.py
+# tests/test_dependencies.py checks this project's own environment, which the GPU image is not
+step gpu_tests "${GPU_TESTS_LIMIT:-300}" "$PYTHON" -m pytest -q -n 8 -p no:cacheprovider tests/model tests/data tests/text tests/retrieval \
+  tests/reranking tests/test_train.py tests/test_evaluate.py tests/test_metrics.py tests/test_scoring.py \
+  tests/test_tuning.py tests/test_baselines.py tests/test_sanity.py
 # shellcheck disable=SC2086  # the trainer overrides are several words on purpose
 step train_gpu 240 "$PYTHON" -m twotower.train $GPU_TRAINER trainer.max_epochs=1 hydra.run.dir="$RUNS/gpu"
 [ -d "$RUNS/gpu" ] && scalars "$RUNS/gpu" >>"$OUT/train_gpu.log" 2>&1
