@@ -73,8 +73,9 @@ EOF
 cat "$OUT/summary.txt"
 
 step index_tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider tests/retrieval/test_index.py
+# -v: each outcome is printed as it comes, so a run stopped at its limit still names its failures.
 # tests/test_dependencies.py checks this project's own environment, which the GPU image is not
-step gpu_tests "${GPU_TESTS_LIMIT:-300}" "$PYTHON" -m pytest -q -n 8 -p no:cacheprovider tests/model tests/data tests/text tests/retrieval \
+step gpu_tests "${GPU_TESTS_LIMIT:-300}" "$PYTHON" -m pytest -v -n 8 -p no:cacheprovider -p no:benchmark tests/model tests/data tests/text tests/retrieval \
   tests/reranking tests/test_train.py tests/test_evaluate.py tests/test_metrics.py tests/test_scoring.py \
   tests/test_tuning.py tests/test_baselines.py tests/test_sanity.py
 # shellcheck disable=SC2086  # the trainer overrides are several words on purpose
