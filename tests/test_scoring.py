@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from twotower.scoring import (
+    BUYER_ITEM_FEATURES,
+    ITEM_FEATURES,
+    REPEAT_COEFFICIENTS,
     REPEAT_FEATURES,
     REPEAT_HALF_LIVES,
+    REPEAT_PRIOR_STRENGTH,
     History,
     ScoringSettings,
     choose_settings,
+    item_features,
     rank_candidates,
     rank_dense,
     repeat_features,
@@ -216,22 +222,73 @@ def test_repeat_features_by_hand() -> None:
     f = repeat_features(h)[0]
     assert f.shape == (3, len(REPEAT_FEATURES))
     expected_3 = [1 * 0.5 ** (10 / hl) + 5 for hl in REPEAT_HALF_LIVES] + [2, 6, 0]
-    np.testing.assert_allclose(f[0], np.log1p(expected_3), rtol=1e-6)
+    buyer = len(BUYER_ITEM_FEATURES)
+    np.testing.assert_allclose(f[0, :buyer], np.log1p(expected_3), rtol=1e-6)
+    np.testing.assert_array_equal(f[:, buyer:], 0)  # no catalog statistics given
     np.testing.assert_allclose(f[1], f[0])  # every position of an item carries the item's features
-    np.testing.assert_allclose(f[2], np.log1p([1, 1, 1, 1, 1, 1, 0]), rtol=1e-6)
+    np.testing.assert_allclose(f[2, :buyer], np.log1p([1, 1, 1, 1, 1, 1, 0]), rtol=1e-6)
+    # the catalog's per-item features follow each position's item
+    catalog = np.arange(4 * len(ITEM_FEATURES), dtype=np.float32).reshape(4, len(ITEM_FEATURES))
+    with_catalog = repeat_features(h, catalog)[0]
+    np.testing.assert_array_equal(with_catalog[:, buyer:], catalog[[3, 3, 2]])
+    np.testing.assert_array_equal(with_catalog[:, :buyer], f[:, :buyer])
     # ages run from the newest event, not from "now": the service (no "now") and evaluate (the target's time)
     # see the same features
     later = history([3, 3, 2], [0, 10, 10], weights=[1.0, 5.0, 1.0], now_days=50)
     np.testing.assert_allclose(repeat_features(later), repeat_features(h))
     # the days since an item's last occurrence
-    np.testing.assert_allclose(repeat_features(history([5, 6], [0, 4]))[0, 0, -1], np.log1p(4), rtol=1e-6)
+    days = REPEAT_FEATURES.index("days_since_last")
+    np.testing.assert_allclose(repeat_features(history([5, 6], [0, 4]))[0, 0, days], np.log1p(4), rtol=1e-6)
+
+
+def test_item_features_by_hand() -> None:
+    # item 0: 10 sales, 8 of them repeats, 2 lately; item 1: 2 sales, 0 repeats; item 2: never sold
+    catalog = SimpleNamespace(
+        popularity=np.array([10.0, 2.0, 0.0]),
+        repeats=np.array([8.0, 0.0, 0.0]),
+        recent_popularity=np.array([2.0, 0.0, 0.0]),
+    )
+    f = item_features(catalog)
+    assert f.shape == (3, len(ITEM_FEATURES)) and f.dtype == np.float32
+    np.testing.assert_allclose(f[:, 0], np.log1p([10, 2, 0]), rtol=1e-6)
+    np.testing.assert_allclose(f[:, 2], np.log1p([2, 0, 0]), rtol=1e-6)
+    prior, strength = 8 / 12, REPEAT_PRIOR_STRENGTH
+    share = (np.array([8, 0, 0]) + strength * prior) / (np.array([10, 2, 0]) + strength)
+    np.testing.assert_allclose(f[:, 1], np.log(share / (1 - share)), rtol=1e-5)
+    assert f[0, 1] > f[2, 1] > f[1, 1]  # a staple, the catalog's mean (no sales), a one-off
+    # a catalog without statistics (an older bundle): finite, constant columns
+    empty = item_features(
+        SimpleNamespace(popularity=np.zeros(3), repeats=np.zeros(3), recent_popularity=np.zeros(3))
+    )
+    assert np.isfinite(empty).all() and (empty == empty[0]).all()
+
+
+def test_learned_score_reads_the_catalog_features() -> None:
+    # two history items with the same buyer history; the catalog says item 3 sells lately, item 2 does not
+    scores = np.array([[0.9, 0.5, 0.3, 0.3]], dtype=np.float32)
+    h = history([2, 3], [0, 0])
+    coefficients = [0.0] * len(REPEAT_COEFFICIENTS)
+    coefficients[REPEAT_COEFFICIENTS.index("item_log_recent_count")] = 2.0
+    settings = ScoringSettings(exclude_seen=False, repeat_coefficients=coefficients)
+    catalog = np.zeros((4, len(ITEM_FEATURES)), np.float32)
+    catalog[3, ITEM_FEATURES.index("item_log_recent_count")] = 1.0
+    ids, _ = rank_candidates(
+        np.array([[0, 1]]), scores[:, :2], h, scores[:, 2:], settings, 2, catalog_features=catalog
+    )
+    np.testing.assert_array_equal(ids, [[3, 0]])  # 2.0 beats the best new item (1.0 after rescaling)
+    ids, _ = rank_candidates(np.array([[0, 1]]), scores[:, :2], h, scores[:, 2:], settings, 2)
+    np.testing.assert_array_equal(ids, [[0, 1]])  # without them: history items score 0, below new items
 
 
 def test_repeat_features_ignore_padding_and_unknown_times() -> None:
     padded = History(np.array([[7, 3, 3]]), np.array([[False, True, True]]), times=np.full((1, 3), np.nan))
-    f = repeat_features(padded)[0]
-    np.testing.assert_array_equal(f[0], 0)  # padding: no features
-    np.testing.assert_allclose(f[1], np.log1p([2, 2, 2, 2, 2, 2, 0]))  # unknown times: no decay, age 0
+    f = repeat_features(padded, np.ones((8, len(ITEM_FEATURES)), np.float32))[0]
+    np.testing.assert_array_equal(f[0], 0)  # padding: no features, not even the catalog's
+    buyer = len(BUYER_ITEM_FEATURES)
+    np.testing.assert_allclose(
+        f[1, :buyer], np.log1p([2, 2, 2, 2, 2, 2, 0])
+    )  # unknown times: no decay, age 0
+    np.testing.assert_array_equal(f[1, buyer:], 1)
 
 
 def test_learned_score_ranks_history_items_by_their_features_and_keeps_new_items_scores() -> None:
@@ -255,11 +312,18 @@ def test_learned_score_ranks_history_items_by_their_features_and_keeps_new_items
 
 
 def test_learned_settings_validate_and_round_trip_through_json() -> None:
-    good = ScoringSettings(exclude_seen=False, repeat_coefficients=[1, 2, 3, 4, 5, 6, 7, 8, 9])
-    assert good.repeat_coefficients == (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    values = list(range(1, len(REPEAT_COEFFICIENTS) + 1))
+    good = ScoringSettings(exclude_seen=False, repeat_coefficients=values)
+    assert good.repeat_coefficients == tuple(float(v) for v in values)
     assert ScoringSettings.from_dict(json.loads(json.dumps(good.to_dict()))) == good
     assert "learned" in good.describe()
-    for bad in ([1.0] * 8, [1.0] * 8 + [float("nan")], "fit", [True] * 9, 3.0):
+    # bundles learned before the catalog's item features: those weigh 0, the rest keep their meaning
+    legacy = ScoringSettings(exclude_seen=False, repeat_coefficients=[1, 2, 3, 4, 5, 6, 7, 8, 9])
+    buyer = len(BUYER_ITEM_FEATURES)
+    assert legacy.repeat_coefficients == (1, 2, 3, 4, 5, 6, 7, *[0.0] * len(ITEM_FEATURES), 8, 9)
+    assert buyer == 7
+    n = len(REPEAT_COEFFICIENTS)
+    for bad in ([1.0] * 8, [1.0] * (n - 1) + [float("nan")], [1.0] * (n + 1), "fit", [True] * n, 3.0):
         with pytest.raises(ValueError, match="repeat_coefficients"):
             ScoringSettings(exclude_seen=False, repeat_coefficients=bad)
     # in a grid, learned settings are kept apart from the configured ones

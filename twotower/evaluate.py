@@ -36,7 +36,7 @@ from twotower.evaluation.tuning import MethodSpec, tune_and_rank
 from twotower.model.buyer_tower import load_buyer_tower
 from twotower.retrieval.bundle import Bundle, BundleError, load_bundle
 from twotower.scoring import MANIFEST_KEY as SCORING_KEY
-from twotower.scoring import ScoringSettings
+from twotower.scoring import ScoringSettings, item_features
 from twotower.text.cache import TextFeatureCache
 
 log = logging.getLogger(__name__)
@@ -229,6 +229,7 @@ def evaluate(cfg: DictConfig, overridden: bool = False) -> dict[str, Any]:
             mapping,
             datamodule.max_history,
             datamodule.schema.weight_array,
+            item_features(bundle.catalog),  # the bundle's training-period statistics, as served
         )
         for split in dict.fromkeys(["val", cfg.split])
     }

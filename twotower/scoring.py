@@ -41,7 +41,7 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -56,6 +56,7 @@ __all__ = [
     "rank_candidates",
     "rank_dense",
     "learned_repeat_scores",
+    "item_features",
     "repeat_features",
     "repeat_scores",
     "settings_grid",
@@ -64,14 +65,21 @@ __all__ = [
 
 SECONDS_PER_DAY = 86_400.0
 MANIFEST_KEY = "scoring"  # where a bundle manifest records the served settings
-# the learned repeat score's inputs, per distinct history item (each enters as log1p); ages are measured from
-# the history's newest event
+# the learned repeat score's inputs, per distinct history item: first the buyer's own history of the item (each
+# enters as log1p; ages are measured from the history's newest event), then the item's training-period
+# statistics from the catalog (:func:`item_features`: how much it sells, how often its buyers come back for it,
+# how much it sells lately), the same for every buyer
 REPEAT_HALF_LIVES = (7.0, 30.0, 90.0, 365.0)
-REPEAT_FEATURES = (
+BUYER_ITEM_FEATURES = (
     *(f"decayed_{h:g}d" for h in REPEAT_HALF_LIVES),
     "count",
     "event_weight_sum",
     "days_since_last",
+)
+ITEM_FEATURES = ("item_log_count", "item_repeat_logit", "item_log_recent_count")
+REPEAT_FEATURES = (*BUYER_ITEM_FEATURES, *ITEM_FEATURES)
+REPEAT_PRIOR_STRENGTH = (
+    5.0  # pseudo-interactions at the catalog's mean repeat share (few-sale items shrink to it)
 )
 # repeat_coefficients: one per feature, then the weight of the method's own score on history items, then a bias
 REPEAT_COEFFICIENTS = (*REPEAT_FEATURES, "score", "bias")
@@ -114,6 +122,10 @@ class ScoringSettings:
                 raise ValueError(
                     f"scoring.repeat_coefficients must be a list of numbers or null, got {coefficients!r}"
                 )
+            if len(coefficients) == len(REPEAT_COEFFICIENTS) - len(ITEM_FEATURES):
+                # learned before the item features existed: they weigh 0, so the score is unchanged
+                width = len(BUYER_ITEM_FEATURES)
+                coefficients = (*coefficients[:width], *[0.0] * len(ITEM_FEATURES), *coefficients[width:])
             if len(coefficients) != len(REPEAT_COEFFICIENTS) or not all(
                 isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c)
                 for c in coefficients
@@ -259,14 +271,47 @@ def repeat_scores(history: History, half_life_days: float | None, event_weighted
     return out
 
 
-def repeat_features(history: History) -> np.ndarray:
-    """float32 [B, L, F]: at each position, :data:`REPEAT_FEATURES` of its item (log1p of each; 0 where masked).
+class CatalogStatistics(Protocol):
+    """What :func:`item_features` reads: a ``twotower.data.catalog.Catalog``'s training-period counts per item."""
 
-    Ages are measured from the row's newest known event (not the request time): the service and evaluate see
-    the same history and so the same features. Unknown times count as age 0.
+    popularity: np.ndarray  # interactions
+    repeats: np.ndarray  # interactions whose buyer had the item before
+    recent_popularity: np.ndarray  # interactions of the period's last 30 days
+
+
+def item_features(catalog: CatalogStatistics) -> np.ndarray:
+    """float32 [N, 3]: :data:`ITEM_FEATURES` of every catalog item, from its training-period counts.
+
+    The repeat share is smoothed towards the catalog's mean share with :data:`REPEAT_PRIOR_STRENGTH`
+    pseudo-interactions, so an item sold twice, once again, does not look like a staple; all zeros (a bundle
+    without the statistics) give constant columns, which a learned score cannot use.
+    """
+    popularity, repeats, recent = (
+        np.maximum(np.asarray(a, dtype=np.float64), 0.0)
+        for a in (catalog.popularity, catalog.repeats, catalog.recent_popularity)
+    )
+    repeats = np.minimum(repeats, popularity)
+    total = popularity.sum()
+    prior = np.clip(repeats.sum() / total if total > 0 else 0.0, 1e-3, 1 - 1e-3)
+    share = (repeats + REPEAT_PRIOR_STRENGTH * prior) / (popularity + REPEAT_PRIOR_STRENGTH)
+    share = np.clip(share, 1e-4, 1 - 1e-4)
+    columns = (np.log1p(popularity), np.log(share / (1 - share)), np.log1p(recent))
+    return np.stack(columns, axis=1).astype(np.float32)
+
+
+def repeat_features(history: History, catalog_features: np.ndarray | None = None) -> np.ndarray:
+    """float32 [B, L, F]: at each position, :data:`REPEAT_FEATURES` of its item (0 where masked).
+
+    The buyer's own history of the item enters as log1p of each count. Ages are measured from the row's newest
+    known event (not the request time): the service and evaluate see the same history and so the same
+    features. Unknown times count as age 0. ``catalog_features``: :func:`item_features` of the catalog
+    ``[N, 3]``, indexed by the history's items; None = zeros.
     """
     mask = history.mask
     out = np.zeros((*history.items.shape, len(REPEAT_FEATURES)), dtype=np.float32)
+    if catalog_features is not None:
+        rows = np.where(mask, history.items, 0)
+        out[..., len(BUYER_ITEM_FEATURES) :] = np.where(mask[..., None], catalog_features[rows], 0.0)
     inverse, groups = _item_groups(history)
     if not groups:
         return out
@@ -283,8 +328,8 @@ def repeat_features(history: History) -> np.ndarray:
     last = np.full(groups, np.inf)
     np.minimum.at(last, inverse, ages)
     columns.append(last)
-    per_group = np.log1p(np.maximum(np.stack(columns, axis=1), 0.0))  # [groups, F]
-    out[mask] = per_group[inverse]
+    per_group = np.log1p(np.maximum(np.stack(columns, axis=1), 0.0))  # [groups, buyer-item features]
+    out[..., : len(BUYER_ITEM_FEATURES)][mask] = per_group[inverse]
     return out
 
 
@@ -349,6 +394,7 @@ def rank_candidates(
     settings: ScoringSettings,
     k: int,
     repeat: np.ndarray | None = None,
+    catalog_features: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k ``(ids int64 [B, k], scores float32 [B, k])`` from candidates and the history (see module doc).
 
@@ -356,7 +402,8 @@ def rank_candidates(
     the ``k + L`` best items (``L`` = history width). history_scores ``[B, L]``: the model's score of each
     history item (used for history items whether or not they are among the candidates). ``repeat``: a
     precomputed :func:`repeat_scores` for these settings, or :func:`repeat_features` for learned settings (saves
-    work when many settings are tried).
+    work when many settings are tried). ``catalog_features``: the catalog's :func:`item_features`, for learned
+    settings.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -365,7 +412,7 @@ def rank_candidates(
     if settings.exclude_seen:
         valid[:, :width] = False
     elif settings.learned:
-        features = repeat_features(history) if repeat is None else repeat
+        features = repeat_features(history, catalog_features) if repeat is None else repeat
         pool[:, :width] = learned_repeat_scores(features, pool[:, :width], settings.repeat_coefficients)
     elif settings.repeat_weight > 0:
         if repeat is None:

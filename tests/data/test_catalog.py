@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from twotower.data.catalog import Catalog, Vocabulary, load_catalog
@@ -36,9 +37,17 @@ def test_vocabulary_uses_arabic_keys_and_unk():
 
 def test_frame_round_trip(tiny_data):
     catalog = load_catalog(tiny_data["products"], tiny_data["photos"])
+    n = len(catalog)
+    catalog.popularity, catalog.repeats = np.arange(n, dtype=np.float32), np.arange(n, dtype=np.float32) / 2
+    catalog.recent_popularity = np.ones(n, np.float32)
     back = Catalog.from_frame(catalog.to_frame())
     assert back.product_ids == catalog.product_ids and back.aliases == catalog.aliases
     assert back.texts == catalog.texts and back.photo_urls == catalog.photo_urls
+    for name in ("popularity", "repeats", "recent_popularity"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(catalog, name))
+    # a bundle written before the repeat statistics existed: zeros, one per product
+    older = Catalog.from_frame(catalog.to_frame().drop(columns=["repeats", "recent_popularity"]))
+    assert older.repeats.tolist() == [0.0] * n and older.recent_popularity.tolist() == [0.0] * n
 
 
 def test_missing_title_column_is_a_clear_error(tmp_path):

@@ -13,6 +13,8 @@ from twotower.data.sequences import (
     MIN_TIME,
     build_examples,
     gather_histories,
+    item_recent_counts,
+    item_repeat_counts,
     load_events,
     parse_timestamps,
 )
@@ -169,6 +171,27 @@ def test_same_timestamp_events_are_not_history():
     assert batch.history_items[0][batch.history_mask[0]].tolist() == [5]
     assert batch.history_items[1][batch.history_mask[1]].tolist() == [5]  # 6 shares the timestamp
     assert batch.history_items[2][batch.history_mask[2]].tolist() == [5, 6, 7]
+
+
+def test_item_repeat_and_recent_counts_by_hand():
+    from twotower.data.sequences import EventLog
+
+    day = 86_400 * 10**6
+    # buyer 0: item 1 on days 0, 0 (same basket: not a repeat), 5 and 40; item 2 on day 40
+    # buyer 1: item 1 on day 50 (its first time: not a repeat), item 2 on days 10 and 60 (60 is masked out)
+    events = EventLog(
+        buyer=np.array([0, 0, 0, 0, 0, 1, 1, 1], np.int32),
+        item=np.array([1, 1, 1, 1, 2, 2, 1, 2], np.int32),
+        event=np.zeros(8, np.int8),
+        timestamp=np.array([0, 0, 5, 40, 40, 10, 50, 60], np.int64) * day,
+        buyer_ids=["a", "b"],
+    )
+    mask = np.array([True] * 7 + [False])
+    np.testing.assert_array_equal(item_repeat_counts(events, mask, 4), [0, 2, 0, 0])
+    np.testing.assert_array_equal(item_repeat_counts(events, np.ones(8, bool), 4), [0, 2, 1, 0])
+    # the last 30 days before the newest masked event (day 50): days 40 and 50
+    np.testing.assert_array_equal(item_recent_counts(events, mask, 4), [0, 2, 1, 0])
+    np.testing.assert_array_equal(item_recent_counts(events, np.zeros(8, bool), 4), [0, 0, 0, 0])
 
 
 def test_max_history_keeps_the_most_recent_and_weights_follow_events():

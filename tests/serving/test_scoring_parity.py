@@ -3,6 +3,7 @@ through the evaluation code) and ``Recommender.retrieve`` return the same top-k 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from twotower.evaluation.rankers import ModelRanker
 from twotower.evaluation.tuning import candidates_of, rank_split
 from twotower.model.buyer_tower import load_buyer_tower
 from twotower.retrieval.bundle import load_bundle
-from twotower.scoring import MANIFEST_KEY, ScoringSettings
+from twotower.scoring import MANIFEST_KEY, ScoringSettings, item_features
 from twotower.serving.recommender import Query, Recommender
 
 MAX_HISTORY = 6  # shorter than most histories below: both sides must keep the same latest items
@@ -47,10 +48,11 @@ def event_log(num_items: int, num_buyers: int = 40, seed: int = 0) -> tuple[Even
         ScoringSettings(exclude_seen=True),
         ScoringSettings(exclude_seen=False, repeat_weight=0.5, half_life_days=30.0),
         ScoringSettings(exclude_seen=False, repeat_weight=1000.0, half_life_days=7.0, max_repeat_items=2),
-        # a learned repeat score: every feature matters (recency, counts, days since last) and the bias puts
-        # history items among the new ones, so the list mixes both
+        # a learned repeat score: every feature matters (recency, counts, days since last, the catalog's item
+        # statistics) and the bias puts history items among the new ones, so the list mixes both
         ScoringSettings(
-            exclude_seen=False, repeat_coefficients=(0.3, -0.2, 0.5, 0.1, 0.8, -0.05, -0.4, 0.5, -0.3)
+            exclude_seen=False,
+            repeat_coefficients=(0.3, -0.2, 0.5, 0.1, 0.8, -0.05, -0.4, 0.2, -0.3, 0.4, 0.5, -0.3),
         ),
     ],
     ids=["exclusion", "repeat", "repeat-capped", "learned"],
@@ -60,15 +62,27 @@ def test_evaluate_and_retrieve_rank_identically(make_bundle, settings: ScoringSe
     bundle = load_bundle(path)
     bundle.manifest[MANIFEST_KEY] = settings.to_dict()  # as export records it
     bundle.manifest["config"]["data"]["max_history"] = MAX_HISTORY
+    # training-period statistics, as a datamodule fills them: the service reads them from the bundle's catalog
+    rng = np.random.default_rng(1)
+    catalog = bundle.catalog
+    catalog.popularity = rng.integers(0, 50, len(catalog)).astype(np.float32)
+    catalog.repeats = np.floor(catalog.popularity * rng.random(len(catalog))).astype(np.float32)
+    catalog.recent_popularity = np.floor(catalog.popularity * rng.random(len(catalog))).astype(np.float32)
     weights = bundle.event_schema.weight_array
     events, targets = event_log(len(bundle.catalog))
 
     # evaluate's path: the split's queries, exact model scores, the served scoring function
     dataset = HistoryDataset(events, targets, MAX_HISTORY, weights)
     identity = np.arange(len(bundle.catalog))
-    queries = split_queries(events, targets, dataset, identity, MAX_HISTORY, weights)
+    queries = split_queries(
+        events, targets, dataset, identity, MAX_HISTORY, weights, item_features(bundle.catalog)
+    )
     ranker = ModelRanker(load_buyer_tower(bundle.checkpoint_path), bundle.embeddings)
-    offline = rank_split(candidates_of(ranker, queries, K, batch_size=16), queries, settings, K, 16)
+    candidates = candidates_of(ranker, queries, K, batch_size=16)
+    offline = rank_split(candidates, queries, settings, K, 16)
+    if settings.learned:  # the catalog's statistics change these lists (parity below covers them)
+        without = rank_split(candidates, replace(queries, catalog_features=None), settings, K, 16)
+        assert not np.array_equal(without, offline)
 
     # the service: the buyer's whole history before the target, as a client would send it (oldest first)
     recommender = Recommender(bundle, load_buyer_tower(bundle.checkpoint_path))

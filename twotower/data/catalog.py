@@ -91,11 +91,16 @@ class Catalog:
     aliases: dict[str, int]  # every known id, canonical or duplicate -> item index
     brand_vocab: Vocabulary
     category_vocab: Vocabulary
+    # training-period statistics (zeros until a datamodule fills them): interactions per item, those whose buyer
+    # had the item before (repeats), and those of the period's last 30 days; the learned repeat score reads them
     popularity: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    repeats: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    recent_popularity: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
 
     def __post_init__(self) -> None:
-        if len(self.popularity) != len(self.product_ids):
-            self.popularity = np.zeros(len(self.product_ids), dtype=np.float32)
+        for name in ("popularity", "repeats", "recent_popularity"):
+            if len(getattr(self, name)) != len(self.product_ids):
+                setattr(self, name, np.zeros(len(self.product_ids), dtype=np.float32))
 
     def __len__(self) -> int:
         return len(self.product_ids)
@@ -136,6 +141,8 @@ class Catalog:
                 "category": self.categories,
                 "photo_url": self.photo_urls,
                 "popularity": self.popularity.astype(np.float32),
+                "repeats": self.repeats.astype(np.float32),
+                "recent_popularity": self.recent_popularity.astype(np.float32),
                 "aliases": self.duplicate_ids(),
             }
         )
@@ -166,9 +173,11 @@ class Catalog:
             aliases=aliases,
             brand_vocab=brand_vocab or Vocabulary.build(brands),
             category_vocab=category_vocab or Vocabulary.build(categories),
-            popularity=frame["popularity"].to_numpy(np.float32)
-            if "popularity" in frame
-            else np.zeros(0, np.float32),
+            # bundles written before a statistic existed lack its column: zeros (see __post_init__)
+            **{
+                name: frame[name].to_numpy(np.float32) if name in frame else np.zeros(0, np.float32)
+                for name in ("popularity", "repeats", "recent_popularity")
+            },
         )
 
 

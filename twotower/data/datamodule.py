@@ -24,6 +24,8 @@ from twotower.data.sequences import (
     check_buyer_fraction,
     gather_histories,
     item_counts,
+    item_recent_counts,
+    item_repeat_counts,
     load_events,
 )
 
@@ -159,6 +161,9 @@ class TwoTowerDataModule(L.LightningDataModule):
         )
         self.train_item_counts = item_counts(self.events, self.examples.train_events, len(self.catalog))
         self.catalog.popularity = self.train_item_counts
+        train = self.examples.train_events
+        self.catalog.repeats = item_repeat_counts(self.events, train, len(self.catalog))
+        self.catalog.recent_popularity = item_recent_counts(self.events, train, len(self.catalog))
         self.report.examples = {name: int(len(p)) for name, p in self.examples.positions.items()}
         self.report.cold_items = int(self.cold_items.sum())
         self.report.split = self.examples.cuts

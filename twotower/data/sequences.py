@@ -298,6 +298,34 @@ def item_counts(events: EventLog, mask: np.ndarray, num_items: int) -> np.ndarra
     return np.bincount(events.item[mask], minlength=num_items).astype(np.float32)
 
 
+RECENT_DAYS = 30.0  # the window of item_recent_counts
+
+
+def item_repeat_counts(events: EventLog, mask: np.ndarray, num_items: int) -> np.ndarray:
+    """Per item, the masked events whose buyer had the item at an earlier time among the masked events
+    (re-purchases, re-views): float32 [num_items]. With ``item_counts``, an item's repeat propensity."""
+    index = np.flatnonzero(mask)
+    pair = events.buyer[index].astype(np.int64) * num_items + events.item[index]
+    order = np.lexsort((events.timestamp[index], pair))  # by pair, then time
+    pair, time = pair[order], events.timestamp[index][order]
+    starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]]) if len(pair) else np.zeros(0, np.int64)
+    first_time = np.repeat(time[starts], np.diff(np.r_[starts, len(pair)]))  # each pair's first time
+    repeated = time > first_time  # strictly later: events of the first basket are not repeats
+    return np.bincount(events.item[index][order][repeated], minlength=num_items).astype(np.float32)
+
+
+def item_recent_counts(
+    events: EventLog, mask: np.ndarray, num_items: int, days: float = RECENT_DAYS
+) -> np.ndarray:
+    """Interactions per item among the masked events of the last ``days`` before the newest of them:
+    float32 [num_items] (what sells now, where ``item_counts`` is what sold over the whole period)."""
+    if not mask.any():
+        return np.zeros(num_items, dtype=np.float32)
+    newest = events.timestamp[mask].max()
+    recent = mask & (events.timestamp > newest - int(days * 86_400 * 1e6))
+    return item_counts(events, recent, num_items)
+
+
 def gather_histories(
     events: EventLog,
     positions: np.ndarray,

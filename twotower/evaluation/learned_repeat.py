@@ -4,7 +4,7 @@ Each query's pool (its distinct history items and the method's top candidates, a
 builds it) is one softmax: history items score ``w . f + c_score * s + bias`` over their
 :func:`repeat_features` ``f``, new items ``a * s``; the target's probability is maximized (a conditional
 logit, L-BFGS, L2 on ``w``; ``a`` is kept positive). Dividing by ``a`` leaves new items at their own score
-``s``, as served. Nine numbers learned on val decide which of the buyer's items come back and when new items
+``s``, as served. Twelve numbers learned on val decide which of the buyer's items come back and when new items
 beat them: per shop, per method, without a hand-set repeat weight.
 
 Example:
@@ -39,6 +39,7 @@ def fit_repeat_coefficients(
     targets: np.ndarray,
     *,
     features: np.ndarray | None = None,
+    catalog_features: np.ndarray | None = None,
     max_queries: int = 20_000,
     l2: float = 1e-3,
     seed: int = 0,
@@ -48,7 +49,7 @@ def fit_repeat_coefficients(
     that diverged).
 
     Inputs as :func:`twotower.scoring.rank_candidates` takes them, plus ``targets`` int64 [Q]; ``features``:
-    a precomputed :func:`repeat_features` of ``history``. At most ``max_queries`` queries (a seeded sample) fit.
+    a precomputed :func:`repeat_features` of ``history`` (else computed with ``catalog_features``). At most ``max_queries`` queries (a seeded sample) fit.
     """
     targets = np.asarray(targets, dtype=np.int64)
     if len(targets) > max_queries:
@@ -63,7 +64,7 @@ def fit_repeat_coefficients(
     if usable.sum() < MIN_QUERIES or not hit[:, :width].any():
         return None
     if features is None:
-        features = repeat_features(history)
+        features = repeat_features(history, catalog_features)
     features = features[usable].astype(np.float64)
     history_valid = valid[usable, :width]
     # standardize over the real history items (better conditioned for L-BFGS); folded back below

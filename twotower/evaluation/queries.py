@@ -53,6 +53,8 @@ class SplitQueries:
     history: History  # [Q, L] bundle rows, event weights, epoch seconds, now = the target's time
     targets: np.ndarray  # int64 [Q] bundle rows
     history_length: np.ndarray  # int64 [Q] events before the target (all, not only the last max_history)
+    # the bundle catalog's item_features [N, 3] (training-period statistics) for the learned repeat score
+    catalog_features: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -77,9 +79,11 @@ def split_queries(
     mapping: np.ndarray,
     max_history: int,
     weights_by_event: np.ndarray,
+    catalog_features: np.ndarray | None = None,
 ) -> SplitQueries:
     """The queries of target ``positions`` in ``events`` (an ``EventLog``), histories cut as training cuts them
-    (the ``max_history`` latest events strictly before the target's time)."""
+    (the ``max_history`` latest events strictly before the target's time). ``catalog_features``: the bundle
+    catalog's :func:`twotower.scoring.item_features`, what the service gives the learned repeat score."""
     positions = np.asarray(positions, dtype=np.int64)
     end = events.history_end[positions]  # [Q]
     first = events.buyer_start[events.buyer[positions]]  # [Q]
@@ -101,4 +105,5 @@ def split_queries(
         history=history,
         targets=mapping[events.item[positions]].astype(np.int64),
         history_length=end - first,
+        catalog_features=catalog_features,
     )

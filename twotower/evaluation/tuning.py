@@ -102,7 +102,7 @@ class RepeatCache:
 
     def features(self) -> np.ndarray:
         if "features" not in self._cache:
-            self._cache["features"] = repeat_features(self.queries.history)
+            self._cache["features"] = repeat_features(self.queries.history, self.queries.catalog_features)
         return self._cache["features"]
 
 

@@ -6,7 +6,8 @@ model.ckpt        the Lightning checkpoint (towers, vocabularies, hyperparameter
 embeddings.npy    float32 [n, D], L2-normalized, row i = product_ids[i]
 product_ids.json  canonical product ids
 index.faiss/...   the vector index + index.json (factory string, metric, ntotal, search params, recall)
-catalog.parquet   id, title, description, brand, category, photo_url, popularity, aliases
+catalog.parquet   id, title, description, brand, category, photo_url, aliases, and training-period counts:
+                  popularity, repeats, recent_popularity (the learned repeat score's item features)
 
 (Over ~300 lines: writing, validating and reading a bundle must agree on one layout, so they stay together.)
 """

@@ -30,7 +30,7 @@ from twotower.data.catalog import Catalog
 from twotower.retrieval.bundle import point_latest, write_bundle
 from twotower.retrieval.index import IndexBuilder
 from twotower.scoring import MANIFEST_KEY as SCORING_KEY
-from twotower.scoring import ScoringSettings
+from twotower.scoring import ScoringSettings, item_features
 
 if TYPE_CHECKING:
     from twotower.data.datamodule import HistoryDataset
@@ -175,10 +175,12 @@ def choose_bundle_scoring(
     embeddings: np.ndarray,
     val_dataset: HistoryDataset | None,
     settings: ExportSettings,
+    catalog_features: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The manifest entries ``scoring`` (the served settings) and ``scoring_choice`` (how they were chosen):
     the model's best on (a seeded sample of) the val split by recall@k, over both exclusion settings and
-    ``settings.grid()``, ranking exactly over the new item vectors; ``settings.scoring_default`` when there
+    ``settings.grid()``, ranking exactly over the new item vectors (``catalog_features``: the bundle catalog's
+    ``item_features``, as the service will use them); ``settings.scoring_default`` when there
     are no val examples (e.g. a new catalog exported without events) or ``scoring_queries=0``."""
     # imported here: the evaluation package (and the datamodule's Lightning) only when a choice is made
     from twotower.data.datamodule import HistoryDataset
@@ -201,7 +203,9 @@ def choose_bundle_scoring(
     weights = val_dataset.weights_by_event
     dataset = HistoryDataset(events, positions, max_history, weights)
     # the bundle's catalog is the data's: catalog rows are the events' item indices
-    queries = split_queries(events, positions, dataset, np.arange(len(embeddings)), max_history, weights)
+    queries = split_queries(
+        events, positions, dataset, np.arange(len(embeddings)), max_history, weights, catalog_features
+    )
     # a CPU copy: ModelRanker switches its tower to eval mode, and a training run's tower must not change
     tower = copy.deepcopy(module.buyer_tower).cpu()
     ranker = ModelRanker(tower, np.asarray(embeddings, dtype=np.float32))
@@ -275,7 +279,7 @@ def export_bundle(
         queries = held_out_buyer_vectors(module, recall_dataset, vectors, settings.recall_queries)
         if len(queries):
             built.measure_recall(queries, k=10)
-    scoring = choose_bundle_scoring(module, embeddings, val_dataset, settings)
+    scoring = choose_bundle_scoring(module, embeddings, val_dataset, settings, item_features(catalog))
     path = write_bundle(
         settings.bundle_dir,
         embeddings=embeddings,

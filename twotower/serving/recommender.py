@@ -32,7 +32,7 @@ from twotower.data.schema import EVENT_TYPES, normalize_id, normalize_key
 from twotower.model.buyer_tower import BuyerTower, load_buyer_tower
 from twotower.retrieval.bundle import Bundle, load_bundle
 from twotower.retrieval.index import IndexBuilder, VectorIndex
-from twotower.scoring import History, ScoringSettings, rank_candidates
+from twotower.scoring import History, ScoringSettings, item_features, rank_candidates
 from twotower.serving.schemas import MAX_INTERACTIONS
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ class Recommender:
         self._popular = np.argsort(-popularity, kind="stable")  # rows, most popular first
         top = float(popularity.max()) if len(popularity) and popularity.max() > 0 else 1.0
         self._popularity_share = popularity / top
+        self._catalog_features = item_features(catalog)  # the learned repeat score's per-item inputs
         self._rows_by_category = self._group_rows(catalog.categories)
         self._rows_by_brand = self._group_rows(catalog.brands)
         # Catalog columns as plain lists: enrichment is O(1) per returned item.
@@ -417,7 +418,9 @@ class Recommender:
         if allowed is not None:
             history_scores = np.where(np.isin(history.items, allowed), history_scores, -np.inf)
         history_scores = np.where(history.mask, history_scores, 0.0)
-        return rank_candidates(ids, scores, history, history_scores, settings, k)[0]
+        return rank_candidates(
+            ids, scores, history, history_scores, settings, k, catalog_features=self._catalog_features
+        )[0]
 
     def _reachable(self, p: _Prepared, settings: ScoringSettings) -> int:
         """How many items a list can hold at most: the catalog less the history items it may not contain."""
