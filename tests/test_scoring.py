@@ -29,6 +29,7 @@ from twotower.scoring import (
 
 DAY = 86_400.0
 SCORES = np.array([[0.9, 0.8, 0.1, 0.0]], dtype=np.float32)
+NO_BOOST = [0.0] * len(ITEM_FEATURES)  # learned coefficients: no catalog boost for new items
 
 
 def history(items, times_days=None, weights=None, now_days=None) -> History:
@@ -280,6 +281,43 @@ def test_learned_score_reads_the_catalog_features() -> None:
     np.testing.assert_array_equal(ids, [[0, 1]])  # without them: history items score 0, below new items
 
 
+def test_learned_score_boosts_new_items_by_the_catalog_features() -> None:
+    # no history term at all (bias -10): the new items' order is their score plus the catalog's boost
+    scores = np.array([[0.9, 0.8, 0.5, 0.0]], dtype=np.float32)
+    h = history([3], [0])
+    coefficients = [0.0] * len(REPEAT_COEFFICIENTS)
+    coefficients[REPEAT_COEFFICIENTS.index("bias")] = -10.0
+    coefficients[REPEAT_COEFFICIENTS.index("new_item_log_recent_count")] = 1.0
+    settings = ScoringSettings(exclude_seen=False, repeat_coefficients=coefficients)
+    catalog = np.zeros((4, len(ITEM_FEATURES)), np.float32)
+    catalog[2, ITEM_FEATURES.index("item_log_recent_count")] = 0.5  # item 2 sells lately: 0.56 + 0.5 > 1.0
+    ids, _ = rank_dense(scores, h, settings, k=3)
+    np.testing.assert_array_equal(ids, [[0, 1, 2]])
+    ids, _ = rank_candidates(
+        np.array([[0, 1, 2]]), scores[:, :3], h, scores[:, 3:], settings, 3, catalog_features=catalog
+    )
+    np.testing.assert_array_equal(ids, [[2, 0, 1]])
+
+
+def test_new_item_boost_reorders_only_the_k_best_new_items() -> None:
+    # the service asks an index for k + L candidates, evaluate ranks densely: a boosted item outside the k best
+    # new ones must not enter either list, or the two would differ
+    scores = np.array([[0.9, 0.8, 0.7, 0.1, 0.0]], dtype=np.float32)
+    h = history([4], [0])
+    coefficients = [0.0] * len(REPEAT_COEFFICIENTS)
+    coefficients[REPEAT_COEFFICIENTS.index("bias")] = -10.0
+    coefficients[REPEAT_COEFFICIENTS.index("new_item_log_recent_count")] = 1.0
+    settings = ScoringSettings(exclude_seen=False, repeat_coefficients=coefficients)
+    catalog = np.zeros((5, len(ITEM_FEATURES)), np.float32)
+    catalog[[1, 3], ITEM_FEATURES.index("item_log_recent_count")] = [0.5, 5.0]
+    lists = [
+        rank_candidates(ids, scores[:, ids[0]], h, scores[:, 4:], settings, 2, catalog_features=catalog)[0]
+        for ids in (np.array([[0, 1, 2]]), np.array([[0, 1, 2, 3]]))  # k + L candidates, and more
+    ]
+    np.testing.assert_array_equal(lists[0], [[1, 0]])  # item 1's boost reorders the two best new items
+    np.testing.assert_array_equal(lists[1], lists[0])  # item 3 (boost 5, 4th by score) stays out
+
+
 def test_repeat_features_ignore_padding_and_unknown_times() -> None:
     padded = History(np.array([[7, 3, 3]]), np.array([[False, True, True]]), times=np.full((1, 3), np.nan))
     f = repeat_features(padded, np.ones((8, len(ITEM_FEATURES)), np.float32))[0]
@@ -299,14 +337,14 @@ def test_learned_score_ranks_history_items_by_their_features_and_keeps_new_items
     count_only[REPEAT_FEATURES.index("count")] = 5.0
     # count weighs most; score weight 1; bias -5: item 3 (count 3) gets 5 log 4 + 0.33 - 5 = 2.26 > item 0 (1.0)
     # > item 2 (5 log 2 + 0.44 - 5 = -1.1 < item 1's 0.56)
-    settings = ScoringSettings(exclude_seen=False, repeat_coefficients=(*count_only, 1.0, -5.0))
+    settings = ScoringSettings(exclude_seen=False, repeat_coefficients=(*count_only, 1.0, -5.0, *NO_BOOST))
     assert settings.learned and not settings.uses_repeat
     np.testing.assert_array_equal(rank_dense(scores, h, settings, k=4)[0], [[3, 0, 1, 2]])
     # exclusion still wins, and the cap still holds
     excluded = ScoringSettings(exclude_seen=True, repeat_coefficients=settings.repeat_coefficients)
     np.testing.assert_array_equal(rank_dense(scores, h, excluded, k=2)[0], [[0, 1]])
     capped = ScoringSettings(
-        exclude_seen=False, repeat_coefficients=(*count_only, 1.0, 50.0), max_repeat_items=1
+        exclude_seen=False, repeat_coefficients=(*count_only, 1.0, 50.0, *NO_BOOST), max_repeat_items=1
     )
     np.testing.assert_array_equal(rank_dense(scores, h, capped, k=3)[0], [[3, 0, 1]])
 
@@ -319,9 +357,9 @@ def test_learned_settings_validate_and_round_trip_through_json() -> None:
     assert "learned" in good.describe()
     # bundles learned before the catalog's item features: those weigh 0, the rest keep their meaning
     legacy = ScoringSettings(exclude_seen=False, repeat_coefficients=[1, 2, 3, 4, 5, 6, 7, 8, 9])
-    buyer = len(BUYER_ITEM_FEATURES)
-    assert legacy.repeat_coefficients == (1, 2, 3, 4, 5, 6, 7, *[0.0] * len(ITEM_FEATURES), 8, 9)
-    assert buyer == 7
+    zeros = [0.0] * len(ITEM_FEATURES)
+    assert legacy.repeat_coefficients == (1, 2, 3, 4, 5, 6, 7, *zeros, 8, 9, *zeros)
+    assert len(BUYER_ITEM_FEATURES) == 7
     n = len(REPEAT_COEFFICIENTS)
     for bad in ([1.0] * 8, [1.0] * (n - 1) + [float("nan")], [1.0] * (n + 1), "fit", [True] * n, 3.0):
         with pytest.raises(ValueError, match="repeat_coefficients"):

@@ -51,10 +51,12 @@ __all__ = [
     "REPEAT_FEATURES",
     "History",
     "ScoringSettings",
+    "best_new_items",
     "candidate_pool",
     "choose_settings",
     "rank_candidates",
     "rank_dense",
+    "learned_new_item_boost",
     "learned_repeat_scores",
     "item_features",
     "repeat_features",
@@ -82,7 +84,11 @@ REPEAT_PRIOR_STRENGTH = (
     5.0  # pseudo-interactions at the catalog's mean repeat share (few-sale items shrink to it)
 )
 # repeat_coefficients: one per feature, then the weight of the method's own score on history items, then a bias
-REPEAT_COEFFICIENTS = (*REPEAT_FEATURES, "score", "bias")
+# then the weights of the catalog's item features added to new items' scores (what sells now can beat a
+# history item for a slot)
+NEW_ITEM_COEFFICIENTS = tuple(f"new_{name}" for name in ITEM_FEATURES)
+REPEAT_COEFFICIENTS = (*REPEAT_FEATURES, "score", "bias", *NEW_ITEM_COEFFICIENTS)
+LEGACY_COEFFICIENTS = len(BUYER_ITEM_FEATURES) + 2  # learned before the catalog's item features existed
 
 
 @dataclass(frozen=True)
@@ -97,8 +103,8 @@ class ScoringSettings:
         With a global repeat weight, long histories otherwise fill every slot with history items and the
         new-item recall of repeat-blended lists collapses (experiments/RESULTS.md).
     repeat_coefficients: a learned repeat score (one value per name in :data:`REPEAT_COEFFICIENTS`, fitted on
-        val) that replaces ``repeat_weight``/``half_life_days``/``event_weighted`` for history items; None = the
-        configured score above.
+        val) that replaces ``repeat_weight``/``half_life_days``/``event_weighted`` for history items and adds
+        the catalog's item features to new items' scores; None = the configured score above.
     """
 
     exclude_seen: bool = True
@@ -122,10 +128,11 @@ class ScoringSettings:
                 raise ValueError(
                     f"scoring.repeat_coefficients must be a list of numbers or null, got {coefficients!r}"
                 )
-            if len(coefficients) == len(REPEAT_COEFFICIENTS) - len(ITEM_FEATURES):
+            if len(coefficients) == LEGACY_COEFFICIENTS:
                 # learned before the item features existed: they weigh 0, so the score is unchanged
                 width = len(BUYER_ITEM_FEATURES)
-                coefficients = (*coefficients[:width], *[0.0] * len(ITEM_FEATURES), *coefficients[width:])
+                zeros = [0.0] * len(ITEM_FEATURES)
+                coefficients = (*coefficients[:width], *zeros, *coefficients[width:], *zeros)
             if len(coefficients) != len(REPEAT_COEFFICIENTS) or not all(
                 isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c)
                 for c in coefficients
@@ -343,6 +350,18 @@ def learned_repeat_scores(
     return features.astype(np.float64) @ c[:width] + c[width] * history_scores + c[width + 1]
 
 
+def learned_new_item_boost(
+    ids: np.ndarray, catalog_features: np.ndarray | None, coefficients: Sequence[float]
+) -> np.ndarray:
+    """float64 [B, C]: what the learned score adds to new items ``ids`` (-1 = none: 0) from the catalog's
+    :func:`item_features` ``[N, 3]`` (None: 0 everywhere)."""
+    if catalog_features is None:
+        return np.zeros(ids.shape)
+    weights = np.asarray(coefficients, dtype=np.float64)[-len(NEW_ITEM_COEFFICIENTS) :]
+    boost = catalog_features[np.maximum(ids, 0)].astype(np.float64) @ weights
+    return np.where(ids >= 0, boost, 0.0)
+
+
 def top_candidates(scores: np.ndarray | torch.Tensor, count: int) -> np.ndarray:
     """int64 [B, count]: the ``count`` best items per row by (score desc, index asc), in index order."""
     if not torch.is_tensor(scores):
@@ -386,6 +405,19 @@ def candidate_pool(
     return pool_ids, pool / scale[:, None], valid
 
 
+def best_new_items(
+    pool_ids: np.ndarray, pool: np.ndarray, valid: np.ndarray, width: int, k: int
+) -> np.ndarray:
+    """bool [B, C]: the ``k`` best new items of a :func:`candidate_pool` (its columns after the ``width`` history
+    ones) by the method's score, ties to the lower index. The learned new-item boost reorders these only, so a
+    list is the same from any ``k + L`` candidates (an index's answer, a dense ranking)."""
+    scores = np.where(valid[:, width:], pool[:, width:], -np.inf)
+    order = np.lexsort((pool_ids[:, width:], -scores), axis=1)[:, :k]
+    best = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(best, order, True, axis=1)
+    return best
+
+
 def rank_candidates(
     candidate_ids: np.ndarray,
     candidate_scores: np.ndarray,
@@ -414,6 +446,10 @@ def rank_candidates(
     elif settings.learned:
         features = repeat_features(history, catalog_features) if repeat is None else repeat
         pool[:, :width] = learned_repeat_scores(features, pool[:, :width], settings.repeat_coefficients)
+        boost = learned_new_item_boost(pool_ids[:, width:], catalog_features, settings.repeat_coefficients)
+        if boost.any():
+            valid[:, width:] &= best_new_items(pool_ids, pool, valid, width, k)
+            pool[:, width:] += boost
     elif settings.repeat_weight > 0:
         if repeat is None:
             repeat = repeat_scores(history, settings.half_life_days, settings.event_weighted)

@@ -49,10 +49,26 @@ def event_log(num_items: int, num_buyers: int = 40, seed: int = 0) -> tuple[Even
         ScoringSettings(exclude_seen=False, repeat_weight=0.5, half_life_days=30.0),
         ScoringSettings(exclude_seen=False, repeat_weight=1000.0, half_life_days=7.0, max_repeat_items=2),
         # a learned repeat score: every feature matters (recency, counts, days since last, the catalog's item
-        # statistics) and the bias puts history items among the new ones, so the list mixes both
+        # statistics, also as new items' boost) and the bias puts history items among the new ones: lists mix both
         ScoringSettings(
             exclude_seen=False,
-            repeat_coefficients=(0.3, -0.2, 0.5, 0.1, 0.8, -0.05, -0.4, 0.2, -0.3, 0.4, 0.5, -0.3),
+            repeat_coefficients=(
+                0.3,
+                -0.2,
+                0.5,
+                0.1,
+                0.8,
+                -0.05,
+                -0.4,
+                0.2,
+                -0.3,
+                0.4,
+                0.5,
+                -0.3,
+                0.05,
+                0.1,
+                0.1,
+            ),
         ),
     ],
     ids=["exclusion", "repeat", "repeat-capped", "learned"],

@@ -2,10 +2,11 @@
 
 Each query's pool (its distinct history items and the method's top candidates, as :func:`candidate_pool`
 builds it) is one softmax: history items score ``w . f + c_score * s + bias`` over their
-:func:`repeat_features` ``f``, new items ``a * s``; the target's probability is maximized (a conditional
-logit, L-BFGS, L2 on ``w``; ``a`` is kept positive). Dividing by ``a`` leaves new items at their own score
-``s``, as served. Twelve numbers learned on val decide which of the buyer's items come back and when new items
-beat them: per shop, per method, without a hand-set repeat weight.
+:func:`repeat_features` ``f``, new items ``a * s + u . g`` over the catalog's :func:`item_features` ``g``; the
+target's probability is maximized (a conditional logit, L-BFGS, L2 on ``w`` and ``u``; ``a`` is kept positive).
+Dividing by ``a`` leaves new items at their own score ``s`` plus a boost, as served. Fifteen numbers learned on
+val decide which of the buyer's items come back and when new items beat them: per shop, per method, without a
+hand-set repeat weight.
 
 Example:
     >>> coefficients = fit_repeat_coefficients(ids, scores, history, history_scores, targets)  # doctest: +SKIP
@@ -21,7 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from twotower.scoring import REPEAT_FEATURES, History, candidate_pool, repeat_features
+from twotower.scoring import (
+    NEW_ITEM_COEFFICIENTS,
+    REPEAT_FEATURES,
+    History,
+    best_new_items,
+    candidate_pool,
+    repeat_features,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,7 @@ def fit_repeat_coefficients(
     *,
     features: np.ndarray | None = None,
     catalog_features: np.ndarray | None = None,
+    k: int | None = None,
     max_queries: int = 20_000,
     l2: float = 1e-3,
     seed: int = 0,
@@ -49,7 +58,10 @@ def fit_repeat_coefficients(
     that diverged).
 
     Inputs as :func:`twotower.scoring.rank_candidates` takes them, plus ``targets`` int64 [Q]; ``features``:
-    a precomputed :func:`repeat_features` of ``history`` (else computed with ``catalog_features``). At most ``max_queries`` queries (a seeded sample) fit.
+    a precomputed :func:`repeat_features` of ``history`` (else computed with ``catalog_features``, the catalog's
+    :func:`item_features`, which also give new items their boost); ``k``: the list length served, whose k best
+    new items alone get the boost (as :func:`rank_candidates` does). At most ``max_queries`` queries (a seeded
+    sample) fit.
     """
     targets = np.asarray(targets, dtype=np.int64)
     if len(targets) > max_queries:
@@ -59,6 +71,8 @@ def fit_repeat_coefficients(
         features = None if features is None else features[rows]
     pool_ids, pool, valid = candidate_pool(candidate_ids, candidate_scores, history, history_scores)
     width = history.items.shape[1]
+    if k is not None and catalog_features is not None:  # as served: the boost reorders the k best new items
+        valid[:, width:] &= best_new_items(pool_ids, pool, valid, width, k)
     hit = (pool_ids == targets[:, None]) & valid
     usable = hit.any(axis=1)
     if usable.sum() < MIN_QUERIES or not hit[:, :width].any():
@@ -71,35 +85,50 @@ def fit_repeat_coefficients(
     seen = features[history_valid]
     mean, std = seen.mean(axis=0), seen.std(axis=0) + 1e-6
     x = torch.from_numpy(np.where(history_valid[..., None], (features - mean) / std, 0.0))
+    # the new candidates' catalog features (zeros without a catalog), standardized over the real candidates
+    new_ids, new_valid = pool_ids[usable, width:], valid[usable, width:]
+    if catalog_features is None:
+        new_features = np.zeros((*new_ids.shape, len(NEW_ITEM_COEFFICIENTS)))
+    else:
+        new_features = catalog_features[np.maximum(new_ids, 0)].astype(np.float64)
+    shown = new_features[new_valid] if new_valid.any() else np.zeros((1, len(NEW_ITEM_COEFFICIENTS)))
+    new_mean, new_std = shown.mean(axis=0), shown.std(axis=0) + 1e-6
+    x_new = torch.from_numpy(np.where(new_valid[..., None], (new_features - new_mean) / new_std, 0.0))
     s = torch.from_numpy(np.where(valid[usable], pool[usable], 0.0))
     valid_t = torch.from_numpy(valid[usable])
     position = torch.from_numpy(hit[usable].argmax(axis=1))
 
     w = torch.zeros(len(REPEAT_FEATURES), dtype=torch.float64, requires_grad=True)
+    u = torch.zeros(len(NEW_ITEM_COEFFICIENTS), dtype=torch.float64, requires_grad=True)
     c_score = torch.ones((), dtype=torch.float64, requires_grad=True)
     bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
     # new items' weight stays positive (their own order is the method's); starts at 1
     raw_new = torch.tensor(
         math.log(math.expm1(1.0 - MIN_NEW_WEIGHT)), dtype=torch.float64, requires_grad=True
     )
-    optimizer = torch.optim.LBFGS([w, c_score, bias, raw_new], max_iter=200, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS([w, c_score, bias, raw_new, u], max_iter=200, line_search_fn="strong_wolfe")
 
     def new_weight() -> torch.Tensor:
         return MIN_NEW_WEIGHT + F.softplus(raw_new)
 
     def loss_fn() -> torch.Tensor:
         optimizer.zero_grad()
-        logits = torch.cat([x @ w + c_score * s[:, :width] + bias, new_weight() * s[:, width:]], dim=1)
-        loss = F.cross_entropy(logits.masked_fill(~valid_t, -1e9), position) + l2 * (w**2).sum()
+        new = new_weight() * s[:, width:] + x_new @ u
+        logits = torch.cat([x @ w + c_score * s[:, :width] + bias, new], dim=1)
+        penalty = l2 * ((w**2).sum() + (u**2).sum())
+        loss = F.cross_entropy(logits.masked_fill(~valid_t, -1e9), position) + penalty
         loss.backward()
         return loss
 
     optimizer.step(loss_fn)
     scale = float(new_weight().detach())
-    values = [w.detach().numpy(), float(c_score.detach()), float(bias.detach())]
+    values = [w.detach().numpy(), float(c_score.detach()), float(bias.detach()), u.detach().numpy()]
     if not all(np.all(np.isfinite(v)) for v in values):
         log.info("learned repeat score: the fit diverged")
         return None
+    # fold the standardization back; the new items' constant (u . mean / std) moves into the history bias
     weights = values[0] / std / scale
-    offset = (values[2] - float((values[0] * mean / std).sum())) / scale
-    return (*(float(v) for v in weights), values[1] / scale, offset)
+    new_constant = float((values[3] * new_mean / new_std).sum())
+    offset = (values[2] - float((values[0] * mean / std).sum()) + new_constant) / scale
+    new_weights = values[3] / new_std / scale
+    return (*(float(v) for v in weights), values[1] / scale, offset, *(float(v) for v in new_weights))

@@ -127,6 +127,7 @@ def rank_split(
             settings,
             k,
             None if repeat is None else repeat[rows],
+            catalog_features=queries.catalog_features,
         )[0]
     return out
 
@@ -200,6 +201,8 @@ def _learned_choice(
             candidates.history_scores[rows],
             val.targets[rows],
             features=features[rows],
+            catalog_features=val.catalog_features,
+            k=k,
         )
 
     base = replace(grid_best, exclude_seen=False, repeat_weight=0.0, max_repeat_items=None)
