@@ -27,6 +27,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import litserve as ls
@@ -74,7 +75,12 @@ def tower_checkpoint(workdir: Path, tower: str, dim: int) -> Path:
 
 
 def build_bundles(
-    workdir: Path, products: int, kinds: list[str], towers: list[str], dim: int = 384, seed: int = 0
+    workdir: Path,
+    products: int,
+    kinds: list[str],
+    towers: Sequence[str] = ("weighted_avg",),
+    dim: int = 384,
+    seed: int = 0,
 ) -> dict[str, Path]:
     from twotower.data.catalog import load_catalog
     from twotower.data.sample import generate_sample
