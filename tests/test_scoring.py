@@ -262,6 +262,13 @@ def test_item_features_by_hand() -> None:
         SimpleNamespace(popularity=np.zeros(3), repeats=np.zeros(3), recent_popularity=np.zeros(3))
     )
     assert np.isfinite(empty).all() and (empty == empty[0]).all()
+    # hostile counts (a hand-edited catalog.parquet): finite features, bad values count as 0
+    hostile = SimpleNamespace(
+        popularity=np.array([np.nan, np.inf, -3.0]),
+        repeats=np.array([1.0, np.nan, 5.0]),
+        recent_popularity=np.array([-np.inf, 2.0, np.nan]),
+    )
+    assert np.isfinite(item_features(hostile)).all()
 
 
 def test_learned_score_reads_the_catalog_features() -> None:

@@ -293,8 +293,8 @@ def item_features(catalog: CatalogStatistics) -> np.ndarray:
     pseudo-interactions, so an item sold twice, once again, does not look like a staple; all zeros (a bundle
     without the statistics) give constant columns, which a learned score cannot use.
     """
-    popularity, repeats, recent = (
-        np.maximum(np.asarray(a, dtype=np.float64), 0.0)
+    popularity, repeats, recent = (  # a hand-edited catalog's NaN, inf or negative counts count as 0
+        np.maximum(np.nan_to_num(np.asarray(a, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0), 0.0)
         for a in (catalog.popularity, catalog.repeats, catalog.recent_popularity)
     )
     repeats = np.minimum(repeats, popularity)
