@@ -14,10 +14,13 @@ the history items), the list is built as follows:
    and recency in one number; ``max`` over the query's history).
    With learned ``repeat_coefficients`` (fitted on val,
    :func:`twotower.evaluation.learned_repeat.fit_repeat_coefficients`)
-   a history item's score is instead ``c_score * s + sum_i c_i * log1p(f_i) + c_bias`` over
-   :data:`REPEAT_FEATURES` (decayed counts at several half-lives, count, event-weight sum, days since its last
-   occurrence; ages measured from the history's newest event, so offline and online agree without knowing
-   "now"); new items keep ``s``. Which of the buyer's items come back, and when new items beat them, is learned.
+   a history item's score is instead ``c_score * s + sum_i c_i * f_i + c_bias`` over :data:`REPEAT_FEATURES`:
+   the buyer's own history of the item (log1p of decayed counts at several half-lives, count, event-weight sum,
+   days since its last occurrence; ages measured from the history's newest event, so offline and online agree
+   without knowing "now") and the catalog's training-period statistics of the item (:func:`item_features`).
+   New items score ``s + sum_j u_j * g_j`` over the same item statistics, among the method's k best new items
+   only (so any ``k + L`` candidates give the same list). Which of the buyer's items come back, and when new
+   items beat them, is learned.
 4. Top k by final score; ties go to the lower item index (deterministic). With seen items allowed and
    ``max_repeat_items = m``, at most m of the k slots go to history items (the best m by final score); the
    others go to the best new items. Slots left empty (exclusion leaves fewer than k items) hold index -1.
@@ -80,9 +83,8 @@ BUYER_ITEM_FEATURES = (
 )
 ITEM_FEATURES = ("item_log_count", "item_repeat_logit", "item_log_recent_count")
 REPEAT_FEATURES = (*BUYER_ITEM_FEATURES, *ITEM_FEATURES)
-REPEAT_PRIOR_STRENGTH = (
-    5.0  # pseudo-interactions at the catalog's mean repeat share (few-sale items shrink to it)
-)
+# pseudo-interactions at the catalog's mean repeat share (the share of an item sold a few times shrinks to it)
+REPEAT_PRIOR_STRENGTH = 5.0
 # repeat_coefficients: one per feature, then the weight of the method's own score on history items, then a bias
 # then the weights of the catalog's item features added to new items' scores (what sells now can beat a
 # history item for a slot)
