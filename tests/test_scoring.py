@@ -288,16 +288,22 @@ def test_learned_score_reads_the_catalog_features() -> None:
     np.testing.assert_array_equal(ids, [[0, 1]])  # without them: history items score 0, below new items
 
 
+def recent_sales_boost(recent: dict[int, float], num_items: int) -> tuple[ScoringSettings, np.ndarray]:
+    """Learned settings with no history term (bias -10) and new items boosted by their recent sales (weight 1),
+    and a catalog whose items sell lately as ``recent`` says (row -> log recent count)."""
+    coefficients = [0.0] * len(REPEAT_COEFFICIENTS)
+    coefficients[REPEAT_COEFFICIENTS.index("bias")] = -10.0
+    coefficients[REPEAT_COEFFICIENTS.index("new_item_log_recent_count")] = 1.0
+    catalog = np.zeros((num_items, len(ITEM_FEATURES)), np.float32)
+    catalog[list(recent), ITEM_FEATURES.index("item_log_recent_count")] = list(recent.values())
+    return ScoringSettings(exclude_seen=False, repeat_coefficients=coefficients), catalog
+
+
 def test_learned_score_boosts_new_items_by_the_catalog_features() -> None:
     # no history term at all (bias -10): the new items' order is their score plus the catalog's boost
     scores = np.array([[0.9, 0.8, 0.5, 0.0]], dtype=np.float32)
     h = history([3], [0])
-    coefficients = [0.0] * len(REPEAT_COEFFICIENTS)
-    coefficients[REPEAT_COEFFICIENTS.index("bias")] = -10.0
-    coefficients[REPEAT_COEFFICIENTS.index("new_item_log_recent_count")] = 1.0
-    settings = ScoringSettings(exclude_seen=False, repeat_coefficients=coefficients)
-    catalog = np.zeros((4, len(ITEM_FEATURES)), np.float32)
-    catalog[2, ITEM_FEATURES.index("item_log_recent_count")] = 0.5  # item 2 sells lately: 0.56 + 0.5 > 1.0
+    settings, catalog = recent_sales_boost({2: 0.5}, 4)  # item 2 sells lately: 0.56 + 0.5 > 1.0
     ids, _ = rank_dense(scores, h, settings, k=3)
     np.testing.assert_array_equal(ids, [[0, 1, 2]])
     ids, _ = rank_candidates(
@@ -311,12 +317,7 @@ def test_new_item_boost_reorders_only_the_k_best_new_items() -> None:
     # new ones must not enter either list, or the two would differ
     scores = np.array([[0.9, 0.8, 0.7, 0.1, 0.0]], dtype=np.float32)
     h = history([4], [0])
-    coefficients = [0.0] * len(REPEAT_COEFFICIENTS)
-    coefficients[REPEAT_COEFFICIENTS.index("bias")] = -10.0
-    coefficients[REPEAT_COEFFICIENTS.index("new_item_log_recent_count")] = 1.0
-    settings = ScoringSettings(exclude_seen=False, repeat_coefficients=coefficients)
-    catalog = np.zeros((5, len(ITEM_FEATURES)), np.float32)
-    catalog[[1, 3], ITEM_FEATURES.index("item_log_recent_count")] = [0.5, 5.0]
+    settings, catalog = recent_sales_boost({1: 0.5, 3: 5.0}, 5)
     lists = [
         rank_candidates(ids, scores[:, ids[0]], h, scores[:, 4:], settings, 2, catalog_features=catalog)[0]
         for ids in (np.array([[0, 1, 2]]), np.array([[0, 1, 2, 3]]))  # k + L candidates, and more

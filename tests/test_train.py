@@ -158,43 +158,14 @@ def test_unfrozen_sentence_transformer_is_fine_tuned(tiny_config):
     assert changed, "no text-encoder weight changed while fine-tuning"
 
 
-@pytest.mark.slow
-def test_ddp_strategy_with_one_device_trains_on_sequence_windows(tmp_path):
-    # `trainer=ddp trainer.devices=1` (one GPU): Lightning injects a distributed sampler under any DDP
-    # strategy, which can't wrap the length-bucket batch sampler; the datamodule must hand it a plain one.
+def train_in_subprocess(root: Path, *overrides: str) -> dict:
+    """`python -m twotower.train` on a tiny sample under ``root`` in a fresh process (DDP must not initialize a
+    process group in pytest's); returns the bundle's manifest."""
     command = [
         sys.executable,
         "-m",
         "twotower.train",
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=1",
-        "trainer.precision=32-true",
-        "trainer.max_epochs=1",
-        "data.sequence_training=true",
-        f"paths.root_dir={tmp_path}",
-        "data.sample.products=300",
-        "data.sample.buyers=200",
-        "hydra.run.dir=" + str(tmp_path / "run"),
-        "callbacks.embedding_projector=null",
-    ]
-    result = subprocess.run(
-        command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    manifest = json.loads((tmp_path / "run" / "bundle" / "manifest.json").read_text())
-    assert manifest["metrics"]["test/recall@10"] > 0
-
-
-@pytest.mark.slow
-def test_ddp_sim_metrics_equal_single_process_on_the_same_checkpoint(tmp_path):
-    root = tmp_path
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "twotower.train",
-        "trainer=ddp_sim",
+        *overrides,
         "trainer.max_epochs=1",
         f"paths.root_dir={root}",
         "data.sample.products=300",
@@ -202,11 +173,33 @@ def test_ddp_sim_metrics_equal_single_process_on_the_same_checkpoint(tmp_path):
         "hydra.run.dir=" + str(root / "run"),
         "callbacks.embedding_projector=null",
     ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(
         command, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=900
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    manifest = json.loads((root / "run" / "bundle" / "manifest.json").read_text())
+    return json.loads((root / "run" / "bundle" / "manifest.json").read_text())
+
+
+@pytest.mark.slow
+def test_ddp_strategy_with_one_device_trains_on_sequence_windows(tmp_path):
+    # `trainer=ddp trainer.devices=1` (one GPU): Lightning injects a distributed sampler under any DDP
+    # strategy, which can't wrap the length-bucket batch sampler; the datamodule must hand it a plain one.
+    manifest = train_in_subprocess(
+        tmp_path,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "trainer.precision=32-true",
+        "data.sequence_training=true",
+    )
+    assert manifest["metrics"]["test/recall@10"] > 0
+
+
+@pytest.mark.slow
+def test_ddp_sim_metrics_equal_single_process_on_the_same_checkpoint(tmp_path):
+    root = tmp_path
+    manifest = train_in_subprocess(root, "trainer=ddp_sim")
     ddp_recall = manifest["metrics"]["test/recall@10"]
     # the same checkpoint tested in one process, over the same test split
     from twotower.model.module import load_module
