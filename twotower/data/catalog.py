@@ -78,6 +78,10 @@ def _dedup_key(row: int, title: str, description: str, brand: str, category: str
     return "\x1f".join((*text, normalize_key(brand), normalize_key(category)))
 
 
+# the per-item counts a datamodule fills from the training period (Catalog fields and catalog.parquet columns)
+TRAINING_STATISTICS = ("popularity", "repeats", "recent_popularity")
+
+
 @dataclass
 class Catalog:
     """Canonical products (item index = row), their aliases, and the vocabularies the item tower uses."""
@@ -98,7 +102,7 @@ class Catalog:
     recent_popularity: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
 
     def __post_init__(self) -> None:
-        for name in ("popularity", "repeats", "recent_popularity"):
+        for name in TRAINING_STATISTICS:
             if len(getattr(self, name)) != len(self.product_ids):
                 setattr(self, name, np.zeros(len(self.product_ids), dtype=np.float32))
 
@@ -140,9 +144,7 @@ class Catalog:
                 "brand": self.brands,
                 "category": self.categories,
                 "photo_url": self.photo_urls,
-                "popularity": self.popularity.astype(np.float32),
-                "repeats": self.repeats.astype(np.float32),
-                "recent_popularity": self.recent_popularity.astype(np.float32),
+                **{name: getattr(self, name).astype(np.float32) for name in TRAINING_STATISTICS},
                 "aliases": self.duplicate_ids(),
             }
         )
@@ -176,7 +178,7 @@ class Catalog:
             # bundles written before a statistic existed lack its column: zeros (see __post_init__)
             **{
                 name: frame[name].to_numpy(np.float32) if name in frame else np.zeros(0, np.float32)
-                for name in ("popularity", "repeats", "recent_popularity")
+                for name in TRAINING_STATISTICS
             },
         )
 

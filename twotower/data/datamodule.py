@@ -159,9 +159,9 @@ class TwoTowerDataModule(L.LightningDataModule):
         self.examples = build_examples(
             self.events, self.schema, self.target_event_types, self.split_method, self.val_cut, self.test_cut
         )
-        self.train_item_counts = item_counts(self.events, self.examples.train_events, len(self.catalog))
-        self.catalog.popularity = self.train_item_counts
         train = self.examples.train_events
+        self.train_item_counts = item_counts(self.events, train, len(self.catalog))
+        self.catalog.popularity = self.train_item_counts
         self.catalog.repeats = item_repeat_counts(self.events, train, len(self.catalog))
         self.catalog.recent_popularity = item_recent_counts(self.events, train, len(self.catalog))
         self.report.examples = {name: int(len(p)) for name, p in self.examples.positions.items()}

@@ -304,14 +304,14 @@ RECENT_DAYS = 30.0  # the window of item_recent_counts
 def item_repeat_counts(events: EventLog, mask: np.ndarray, num_items: int) -> np.ndarray:
     """Per item, the masked events whose buyer had the item at an earlier time among the masked events
     (re-purchases, re-views): float32 [num_items]. With ``item_counts``, an item's repeat propensity."""
-    index = np.flatnonzero(mask)
-    pair = events.buyer[index].astype(np.int64) * num_items + events.item[index]
-    order = np.lexsort((events.timestamp[index], pair))  # by pair, then time
-    pair, time = pair[order], events.timestamp[index][order]
+    item, time = events.item[mask], events.timestamp[mask]
+    pair = events.buyer[mask].astype(np.int64) * num_items + item
+    order = np.lexsort((time, pair))  # by pair, then time
+    item, pair, time = item[order], pair[order], time[order]
     starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]]) if len(pair) else np.zeros(0, np.int64)
     first_time = np.repeat(time[starts], np.diff(np.r_[starts, len(pair)]))  # each pair's first time
     repeated = time > first_time  # strictly later: events of the first basket are not repeats
-    return np.bincount(events.item[index][order][repeated], minlength=num_items).astype(np.float32)
+    return np.bincount(item[repeated], minlength=num_items).astype(np.float32)
 
 
 def item_recent_counts(
