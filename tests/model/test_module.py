@@ -189,3 +189,30 @@ def test_text_alignment_loss_pulls_text_queries_to_their_items():
     torch.manual_seed(2)
     expected = plain.training_step(batch, 0) + module._text_alignment_loss()
     torch.testing.assert_close(with_alignment, expected)
+
+
+def test_explore_metric_ranks_new_targets_with_the_buyers_items_excluded():
+    torch.manual_seed(0)
+    module = _module(k_values=(1, 3))
+    module.eval()
+    batch = HistoryBatch.from_arrays(
+        [[0, 1, 2], [3, 4, 0], [6, 0, 0]],
+        np.ones((3, 3)),
+        [[True, True, True], [True, True, False], [True, False, False]],
+        [1, 5, 7],  # row 0 buys item 1 again: not an explore target
+    )
+    with torch.no_grad():
+        module._start_eval("val")
+        vectors = module._item_embeddings
+        buyers = module.embed_buyers(batch.history_items, batch.history_weights, batch.history_mask, vectors)
+        module._eval_step(batch)
+        values = module._end_eval()
+    scores = buyers @ vectors.T
+    ranks = []
+    for row, seen in ((1, [3, 4]), (2, [6])):
+        allowed = scores[row].clone()
+        allowed[seen] = -torch.inf
+        ranks.append(int((allowed > allowed[batch.target[row]]).sum()))
+    for k in (1, 3):
+        expected = sum(rank < k for rank in ranks) / 2  # two explore targets
+        assert float(values[f"val/new/recall@{k}"]) == pytest.approx(expected)

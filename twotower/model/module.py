@@ -384,6 +384,9 @@ class TwoTowerModule(L.LightningModule):
             {
                 "model": RetrievalMetrics(self.k_values, self._catalog_size, prefix=f"{prefix}/"),
                 "cold": RetrievalMetrics(self.k_values, self._catalog_size, prefix=f"{prefix}/cold/"),
+                # explore: targets new to the buyer, ranked with the buyer's own items excluded (as served
+                # when a shop has no repeats); the part of the task no repeat score can do
+                "new": RetrievalMetrics(self.k_values, self._catalog_size, prefix=f"{prefix}/new/"),
                 "popularity": RetrievalMetrics(
                     self.k_values, self._catalog_size, prefix=f"{prefix}/popularity/"
                 ),
@@ -402,6 +405,13 @@ class TwoTowerModule(L.LightningModule):
         cold = self.item_counts[target] == 0
         self._metrics["cold"].update(top[cold], target[cold])
         self._metrics["popularity"].update(self._popular.expand(len(target), -1), target)
+        seen = torch.where(batch.history_mask, batch.history_items, -1)  # [B, L], -1 = padding
+        new = ~(seen == target[:, None]).any(dim=1)
+        if bool(new.any()):
+            _, top_new = topk_scores_chunked(
+                buyers[new].float(), self._item_embeddings.float(), self.max_k, exclude=seen[new]
+            )
+            self._metrics["new"].update(top_new, target[new])
 
     def _end_eval(self) -> dict[str, Tensor]:
         values: dict[str, Tensor] = {}
