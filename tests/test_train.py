@@ -99,6 +99,7 @@ def train_with(cfg, *callbacks):
 @pytest.mark.slow
 def test_bf16_mixed_on_cpu_and_bundle_refresh_on_best_epoch(tiny_config, tmp_path):
     cfg = tiny_config(
+        "trainer.accelerator=cpu",  # CPU autocast is what this tests; auto picks a GPU where there is one
         "trainer.max_epochs=1",
         "trainer.precision=bf16-mixed",
         "export=false",

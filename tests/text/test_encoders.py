@@ -127,6 +127,9 @@ def test_st_forward_is_differentiable_and_matches_encode(st_encoder: SentenceTra
 
 def test_unknown_hub_model_fails_fast_naming_the_bundled_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: imported while it was set (by another test, or
+    # the machine's environment), its constant would still say offline
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_ENDPOINT", UNREACHABLE_HUB)
     name = f"twotower-tests/no-such-model-{uuid.uuid4().hex[:8]}"
     start = time.monotonic()

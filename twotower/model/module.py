@@ -301,7 +301,11 @@ class TwoTowerModule(L.LightningModule):
             # exclude them, so the model learns to rank *new* items: repeat targets are dropped and the
             # history's items are no negatives.
             seen = torch.zeros(len(target), self._catalog_size, dtype=torch.bool, device=self.device)
-            seen.scatter_(1, query_history, query_mask)  # [T, N]
+            # True at the history's items only. Scattering the mask would also write False for an item that
+            # recurs after the query (the target itself, in its window) or for item 0 (padding); with such
+            # duplicate indices the last write wins on the CPU and any one on CUDA.
+            rows = torch.arange(len(target), device=self.device)[:, None].expand_as(query_history)
+            seen[rows[query_mask], query_history[query_mask]] = True  # [T, N]
             new = ~seen.gather(1, target[:, None]).squeeze(1)
             if not bool(new.any()):
                 return buyers.sum() * 0.0  # every target of this batch is a repeat: nothing to learn here
@@ -448,7 +452,10 @@ class TwoTowerModule(L.LightningModule):
             item_vectors = self.embed_catalog()
         was_training = self.item_tower.training
         self.item_tower.eval()
-        raw, sources = self._retention_inputs
+        # Plain attributes, not buffers: .to()/.cpu() leave them behind, and Lightning moves the module (to
+        # the GPU for fit and test, back to the CPU at each teardown). Keep them where the module is now.
+        raw, sources = (t.to(self.device) for t in self._retention_inputs)
+        self._retention_inputs = (raw, sources)
         result = text_retention(raw, sources, self.text_features, item_vectors, self.item_tower.text_path)
         self.item_tower.train(was_training)
         self.last_text_retention = result
