@@ -135,19 +135,25 @@ def run_one(name: str, overrides: list[str], data: list[str], epochs: int | None
 
 
 def table(out: Path) -> str:
-    """Markdown table of the finished runs under `out` (recall@10 overall and by slice, time, throughput)."""
+    """Markdown table of the finished runs under `out`: test recall@10 in the served setting (overall, ndcg, by
+    slice), then with the other exclusion setting (seen items excluded, where the model's own part shows), the
+    raw model's best val recall@10 and its val explore recall and text retention (where logged), time,
+    throughput."""
     header = (
-        "| run | recall@10 | ndcg@10 | repeat | new_item | cold | best val recall@10 | train wall s | examples/s |\n"
-        "|---|---|---|---|---|---|---|---|---|"
+        "| run | recall@10 | ndcg@10 | repeat | new_item | cold | excluded: all | excluded: new_item | "
+        "excluded: cold | best val recall@10 | val explore recall@10 | text retention | train wall s | examples/s |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     rows = [header]
     for path in sorted(out.glob("*.json")):
         r = json.loads(path.read_text())
-        model, slices = r["evaluate"]["model"], r["evaluate"].get("slices", {})
+        evaluate = r["evaluate"]
+        other = evaluate.get("other_exclusion", {})
 
-        def cut(name: str, slices: dict = slices) -> str:
-            value = slices.get(name, {}).get("model", {})
-            value = value.get("recall@10") if isinstance(value, dict) else value
+        def cut(name: str | None, metrics: dict) -> str:
+            scope = metrics if name is None else metrics.get("slices", {}).get(name, {})
+            value = scope.get("model", {})
+            value = value.get("recall@10") if isinstance(value, dict) else None
             return "-" if value is None else f"{value:.4f}"
 
         def number(value: float | None, digits: int) -> str:
@@ -157,8 +163,10 @@ def table(out: Path) -> str:
         values = [v for v in history if v is not None]
         best_val = max(values) if values else None
         rows.append(
-            f"| {r['name']} | {model['recall@10']:.4f} | {model['ndcg@10']:.4f} | {cut('repeat')} | "
-            f"{cut('new_item')} | {cut('cold')} | {number(best_val, 4)} | "
+            f"| {r['name']} | {cut(None, evaluate)} | {evaluate['model']['ndcg@10']:.4f} | "
+            f"{cut('repeat', evaluate)} | {cut('new_item', evaluate)} | {cut('cold', evaluate)} | "
+            f"{cut(None, other)} | {cut('new_item', other)} | {cut('cold', other)} | {number(best_val, 4)} | "
+            f"{number(r['val'].get('val/new/recall@10'), 4)} | {number(r['val'].get('val/text_retention'), 3)} | "
             f"{number(r.get('train_wall_s'), 0)} | {number(r.get('examples_per_s'), 0)} |"
         )
     return "\n".join(rows)
