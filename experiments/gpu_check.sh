@@ -5,7 +5,8 @@
 #   2. one epoch on the sample with trainer=gpu, then with trainer=ddp trainer.devices=1, bundle included;
 #   3. the training-throughput benchmark on cuda (fp32 and bf16) beside the machine's own CPU;
 #   4. exact search at 1M x 384: torch_exact on cuda beside FAISS flat on the CPU;
-#   5. one epoch on Online Retail with trainer=gpu at each of $OR_PRECISIONS (when its files are in .devdata/).
+#   5. one epoch on Online Retail with trainer=gpu for each precision:matmul pair of $OR_RUNS (when its files are
+#      in .devdata/); matmul is float32_matmul_precision (highest = exact fp32, high = TF32).
 # STEPS names the steps to run (all by default).
 # Every step runs under its own time limit and the script goes on after a failure; each step's log and a
 # summary (step, exit status, seconds) land in $OUT (default /tmp/gpu_check).
@@ -30,7 +31,7 @@ PYTHON=${PYTHON:-python3}
 WHEELS=${WHEELS:-.whl}          # none: use the packages already installed
 ONLINE_RETAIL=${ONLINE_RETAIL:-1}
 STEPS=${STEPS:-index_tests gpu_tests train_gpu train_ddp throughput exact_search online_retail}
-OR_PRECISIONS=${OR_PRECISIONS:-32-true}  # e.g. "16-mixed 32-true bf16-mixed": one Online Retail epoch each
+OR_RUNS=${OR_RUNS:-32-true:highest 32-true:high}  # precision:matmul pairs, e.g. "bf16-mixed:highest": one epoch each
 mkdir -p "$OUT" "$RUNS"
 export PYTHONUNBUFFERED=1
 if compgen -G "$WHEELS/*.whl" >/dev/null; then
@@ -80,7 +81,7 @@ step index_tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider tests/retrieval/
 # repeats failures and errors in the summary. The last run's 4 failures were most likely the image's, not CUDA's (one
 # certainly: no pydantic; see RESULTS); tests/model/test_device_paths.py holds the cuda cases.
 # tests/test_dependencies.py checks this project's own environment, which the GPU image is not
-step gpu_tests "${GPU_TESTS_LIMIT:-300}" "$PYTHON" -m pytest -v -rfE -n 8 -p no:cacheprovider -p no:benchmark tests/model tests/data tests/text tests/retrieval \
+step gpu_tests "${GPU_TESTS_LIMIT:-300}" "$PYTHON" -m pytest -v -rfE -n "${GPU_TEST_WORKERS:-12}" -p no:cacheprovider -p no:benchmark tests/model tests/data tests/text tests/retrieval \
   tests/reranking tests/test_train.py tests/test_evaluate.py tests/test_metrics.py tests/test_scoring.py \
   tests/test_tuning.py tests/test_baselines.py tests/test_sanity.py
 # shellcheck disable=SC2086  # the trainer overrides are several words on purpose
@@ -95,12 +96,13 @@ step exact_search 240 "$PYTHON" experiments/bench_index.py --sizes "$INDEX_SIZE"
   --budget-s 3 --device "$BENCH_DEVICE"
 if [ "$ONLINE_RETAIL" = 1 ] && [ -f .devdata/or_events.csv.gz ]; then
   gunzip -kf .devdata/or_events.csv.gz
-  for precision in $OR_PRECISIONS; do
+  for pair in $OR_RUNS; do
+    precision=${pair%%:*} matmul=${pair#*:} name=online_retail.${pair/:/.}
     # shellcheck disable=SC2086
-    step "online_retail.$precision" 300 "$PYTHON" -m twotower.train data=csv data.events_path=.devdata/or_events.csv \
+    step "$name" 300 "$PYTHON" -m twotower.train data=csv data.events_path=.devdata/or_events.csv \
       data.products_path=.devdata/or_products.csv $GPU_TRAINER trainer.precision="$precision" trainer.max_epochs=1 \
-      test=false export=false hydra.run.dir="$RUNS/or_$precision"
-    [ -d "$RUNS/or_$precision" ] && scalars "$RUNS/or_$precision" >>"$OUT/online_retail.$precision.log" 2>&1
+      float32_matmul_precision="$matmul" test=false export=false hydra.run.dir="$RUNS/or_${pair/:/_}"
+    [ -d "$RUNS/or_${pair/:/_}" ] && scalars "$RUNS/or_${pair/:/_}" >>"$OUT/$name.log" 2>&1
   done
 fi
 cat "$OUT/summary.txt"

@@ -114,6 +114,25 @@ def test_bf16_mixed_on_cpu_and_bundle_refresh_on_best_epoch(tiny_config, tmp_pat
     assert not (tmp_path / "outputs" / "latest").exists()  # refreshes do not move outputs/latest
 
 
+def test_matmul_precision_typo_fails_before_any_work(tiny_config, monkeypatch):
+    built = []
+    monkeypatch.setattr("twotower.train.build_run", lambda cfg: built.append(cfg))
+    with pytest.raises(ConfigError, match="float32_matmul_precision must be one of highest, high, medium; got 'fast'"):
+        train(tiny_config("float32_matmul_precision=fast"))
+    assert not built
+
+
+def test_matmul_precision_reaches_torch(tiny_config, monkeypatch):
+    monkeypatch.setattr("twotower.train.build_run", lambda cfg: (_ for _ in ()).throw(RuntimeError("stop")))
+    before = torch.get_float32_matmul_precision()
+    try:
+        with pytest.raises(RuntimeError, match="stop"):
+            train(tiny_config("float32_matmul_precision=high"))
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 @pytest.mark.slow
 def test_resume_from_checkpoint_continues_training(tiny_config, tmp_path):
     train(tiny_config("trainer.max_epochs=1", "export=false", "test=false"))

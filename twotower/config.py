@@ -32,6 +32,16 @@ def check_k_values(values: Iterable[Any], key: str = "k_values") -> list[int]:
     return sorted(set(items))
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def check_matmul_precision(value: Any, key: str = "float32_matmul_precision") -> str:
+    """``value`` if torch.set_float32_matmul_precision takes it; torch itself only warns and ignores a typo."""
+    if value not in MATMUL_PRECISIONS:
+        raise ConfigError(f"{key} must be one of {', '.join(MATMUL_PRECISIONS)}; got {value!r}")
+    return value
+
+
 def _matches(value: Any, annotation: Any) -> bool:
     if annotation is Any or annotation is inspect.Parameter.empty:
         return True

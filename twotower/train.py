@@ -6,11 +6,13 @@ import logging
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from twotower.assembly import build_run, metric_value, record_hparams
 from twotower.callbacks import held_out_dataset
+from twotower.config import check_matmul_precision
 from twotower.retrieval.export import export_bundle
 
 log = logging.getLogger(__name__)
@@ -18,6 +20,7 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run the configured job; returns the final metrics (val from the best epoch, test, exported bundle)."""
+    torch.set_float32_matmul_precision(check_matmul_precision(cfg.get("float32_matmul_precision", "highest")))
     L.seed_everything(cfg.seed, workers=True)
     run = build_run(cfg)
     if cfg.train:
