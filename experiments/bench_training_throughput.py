@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
+from twotower.config import MATMUL_PRECISIONS
 from twotower.data.datamodule import TwoTowerDataModule
 from twotower.data.sample import ensure_sample
 from twotower.model.buyer_tower import BuyerTowerConfig
@@ -114,7 +115,14 @@ def main() -> None:
         choices=["32", "bf16"],
         help="bf16: autocast, as trainer=gpu's mixed precision",
     )
+    parser.add_argument(
+        "--matmul-precision",
+        default="highest",
+        choices=list(MATMUL_PRECISIONS),
+        help="torch.set_float32_matmul_precision, as the float32_matmul_precision config (high: TF32 on CUDA)",
+    )
     args = parser.parse_args()
+    torch.set_float32_matmul_precision(args.matmul_precision)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
@@ -151,6 +159,7 @@ def main() -> None:
         f"{torch.__version__}, {torch.get_num_threads()} threads",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": args.precision,
+        "matmul_precision": args.matmul_precision,
         "products": len(datamodule.catalog),
         "aggregation": args.aggregation,
         "batch_size": args.batch_size,
