@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from twotower.data.catalog import Catalog, Vocabulary, load_catalog
+from twotower.data.io import read_table
 from twotower.data.report import DataReport
 from twotower.data.schema import DataValidationError
 from twotower.data.sequences import load_events
@@ -96,6 +97,21 @@ def test_nul_and_format_chars_are_stripped_from_text_ids_and_metadata(tmp_path: 
     assert catalog.titles == ["خاتم ذهب", "عطر"] and catalog.descriptions == ["هدية", ""]
     assert catalog.brands == ["لازوردي", "أجمل"] and not report.flagged
     assert "\x00" not in "".join(catalog.texts)
+
+
+def test_nul_runs_longer_than_a_read_and_raw_line_ends(tmp_path: Path) -> None:
+    """NULs are dropped from the decoded text before pandas parses it (its C parser ended a field at a NUL
+    before pandas 3.1): a run of NULs longer than one read (256 KiB) is not the end of the file, a NUL in
+    the header is dropped too, and CRLF and newlines inside quoted fields reach pandas as they are."""
+    path = tmp_path / "products.csv"
+    nuls = b"\x00" * 600_000
+    path.write_bytes(
+        b"i\x00d,title\r\n" + b'p\x001,"a%sb"\r\n' % nuls + 'p2,"سطر\r\nثان"\r\np3,c\r\n'.encode()
+    )
+    chunks = list(read_table(path, {"product_id": ("id",), "title": ("title",)}, chunksize=2))
+    frame = pd.concat(chunks, ignore_index=True)
+    assert frame["product_id"].tolist() == ["p1", "p2", "p3"]
+    assert frame["title"].tolist() == ["ab", "سطر\r\nثان", "c"]
 
 
 def test_dedup_key_includes_category(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import io
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -28,15 +30,26 @@ def _parts(path: Path) -> list[Path]:
     return [path]
 
 
+def _bomless_utf16(head: bytes) -> str | None:
+    """The UTF-16 byte order ("utf-16-le", "utf-16-be") of raw bytes without a byte-order mark, else None."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return None
+    sample = head[:400]
+    even, odd = sample[::2].count(b"\x00"), sample[1::2].count(b"\x00")
+    # every other byte NUL (the ASCII header's letters), the bytes between them not: not a run of NULs
+    if max(even, odd) > len(sample) // 4 and min(even, odd) < max(even, odd) // 4:
+        return "utf-16-le" if odd > even else "utf-16-be"
+    return None
+
+
 def _guess_encoding(part: Path) -> str:
     """The likeliest encoding of a CSV that is not valid in the one asked for (for the error message)."""
     with open(part, "rb") as f:
         head = f.read(1 << 16)
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         return "utf-16"  # with a byte-order mark: Excel's "Unicode text" export
-    sample = head[:400]
-    if sample.count(b"\x00") > len(sample) // 4:  # every other byte NUL: UTF-16 without a byte-order mark
-        return "utf-16-le" if sample[1::2].count(b"\x00") > sample[::2].count(b"\x00") else "utf-16-be"
+    if utf16 := _bomless_utf16(head):
+        return utf16
     try:
         head.decode("utf-8")
         return "utf-8"
@@ -57,18 +70,55 @@ def _decode_error(part: Path, encoding: str, error: Exception) -> DataValidation
     )
 
 
+class _CsvText(io.TextIOBase):
+    """A CSV file's decoded text with NUL characters removed, read piecewise as pandas asks for it.
+
+    pandas' C parser ends a field at a NUL before pandas 3.1 ("p\\x001" -> "p", silently), and keeps it from
+    3.1 on; handing it text without NULs reads the same on every pandas version. Decoding here (not in
+    pandas) also means that one codec, Python's, decides what is valid in `encoding`.
+    """
+
+    def __init__(self, part: Path, encoding: str) -> None:
+        with open(part, "rb") as f:  # before decoding: UTF-16 read as UTF-8 "decodes" (NUL is valid UTF-8)
+            utf16 = _bomless_utf16(f.read(400))
+        name = codecs.lookup(encoding).name  # LookupError for an unknown encoding
+        if utf16 and name != utf16 and not name.startswith("utf-32"):
+            raise UnicodeError("every other byte is NUL")
+        # newline="": pandas sees the raw line ends; closed by close() (the reader is used as a context manager)
+        self._file = open(part, encoding=encoding, newline="")  # noqa: SIM115
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> str:
+        while True:
+            text = self._file.read(size)
+            stripped = text.replace("\x00", "")
+            if stripped or not text:  # "" only at the end of the file, never for a piece that was all NULs
+                return stripped
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def _open_csv(part: Path, encoding: str) -> _CsvText:
+    try:
+        return _CsvText(part, encoding)
+    except (UnicodeError, LookupError) as e:
+        raise _decode_error(part, encoding, e) from None
+
+
 def _columns(part: Path, encoding: str) -> list[str]:
     if part.suffix.lower() in _PARQUET_SUFFIXES:
         return list(pq.read_schema(part).names)
-    try:
-        columns = [str(c) for c in pd.read_csv(part, nrows=0, encoding=encoding).columns]
-    except pd.errors.EmptyDataError:
-        raise DataValidationError(f"{part}: file is empty (expected a header row)") from None
-    except (UnicodeError, LookupError) as e:
-        raise _decode_error(part, encoding, e) from None
-    if any("\x00" in c for c in columns):  # UTF-16 read as UTF-8 "decodes": NUL between the letters
-        raise _decode_error(part, encoding, UnicodeError("NUL bytes between the header's letters"))
-    return columns
+    with _open_csv(part, encoding) as text:
+        try:
+            return [str(c) for c in pd.read_csv(text, nrows=0).columns]
+        except pd.errors.EmptyDataError:
+            raise DataValidationError(f"{part}: file is empty (expected a header row)") from None
+        except UnicodeError as e:
+            raise _decode_error(part, encoding, e) from None
 
 
 def read_table(
@@ -98,24 +148,20 @@ def read_table(
                 yielded_rows += len(chunk)
                 yield chunk
         else:
-            # keep_default_na=False: a title "NA" or "null" is text, not a missing value; only "" is missing.
-            reader = pd.read_csv(
-                part,
-                usecols=list(rename),
-                dtype=str,
-                chunksize=chunksize,
-                keep_default_na=False,
-                encoding=encoding,
-            )
-            while True:
-                try:  # a bad byte can sit far below a clean header
-                    chunk = next(reader)
-                except StopIteration:
-                    break
-                except UnicodeError as e:
-                    raise _decode_error(part, encoding, e) from None
-                chunk = chunk.rename(columns=rename).replace("", None)
-                yielded_rows += len(chunk)
-                yield chunk
+            with _open_csv(part, encoding) as text:
+                # keep_default_na=False: a title "NA" or "null" is text, not a missing value; only "" is missing.
+                reader = pd.read_csv(
+                    text, usecols=list(rename), dtype=str, chunksize=chunksize, keep_default_na=False
+                )
+                while True:
+                    try:  # a bad byte can sit far below a clean header
+                        chunk = next(reader)
+                    except StopIteration:
+                        break
+                    except UnicodeError as e:
+                        raise _decode_error(part, encoding, e) from None
+                    chunk = chunk.rename(columns=rename).replace("", None)
+                    yielded_rows += len(chunk)
+                    yield chunk
     if yielded_rows == 0:
         raise DataValidationError(f"{path}: no data rows (only a header, or empty Parquet)")

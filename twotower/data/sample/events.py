@@ -184,9 +184,9 @@ def format_times(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     iso = np.datetime_as_string(stamps, unit="s")
     epoch = stamps.astype(np.int64)
     fmt = rng.choice(4, size=len(t), p=[0.80, 0.08, 0.06, 0.06])
-    out = np.strings.add(iso, "Z").astype(object)
+    out = np.char.add(iso, "Z").astype(object)  # np.char, not np.strings: numpy 1.x has only np.char
     m = fmt == 1
-    out[m] = np.strings.replace(iso[m], "T", " ")
+    out[m] = np.char.replace(iso[m], "T", " ")
     m = fmt == 2
     out[m] = epoch[m].astype(str)
     m = fmt == 3
