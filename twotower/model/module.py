@@ -403,18 +403,23 @@ class TwoTowerModule(L.LightningModule):
         buyers = self.embed_buyers(
             batch.history_items, batch.history_weights, batch.history_mask, self._item_embeddings
         )
-        _, top = topk_scores_chunked(buyers.float(), self._item_embeddings.float(), self.max_k)  # [B, K]
+        seen = torch.where(batch.history_mask, batch.history_items, -1)  # [B, L], -1 = padding
+        # one catalog pass: the K + L best hold the K best outside the history (at most L are the history's)
+        _, wide = topk_scores_chunked(
+            buyers.float(), self._item_embeddings.float(), self.max_k + seen.shape[1]
+        )  # [B, K + L]
+        top = wide[:, : self.max_k]
         target = batch.target
         self._metrics["model"].update(top, target)
         cold = self.item_counts[target] == 0
         self._metrics["cold"].update(top[cold], target[cold])
         self._metrics["popularity"].update(self._popular.expand(len(target), -1), target)
-        seen = torch.where(batch.history_mask, batch.history_items, -1)  # [B, L], -1 = padding
         new = ~(seen == target[:, None]).any(dim=1)
         if bool(new.any()):
-            _, top_new = topk_scores_chunked(
-                buyers[new].float(), self._item_embeddings.float(), self.max_k, exclude=seen[new]
-            )
+            # the new targets' lists with the buyer's items excluded: the wide list's unseen items, in order
+            in_history = (wide[new, :, None] == seen[new, None, :]).any(dim=2)  # [B', K + L]
+            order = torch.sort(in_history.to(torch.uint8), dim=1, stable=True).indices[:, : self.max_k]
+            top_new = wide[new].gather(1, order).masked_fill(in_history.gather(1, order), -1)
             self._metrics["new"].update(top_new, target[new])
 
     def _end_eval(self) -> dict[str, Tensor]:
