@@ -81,7 +81,7 @@ step index_tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider tests/retrieval/
 # repeats failures and errors in the summary. The last run's 4 failures were most likely the image's, not CUDA's (one
 # certainly: no pydantic; see RESULTS); tests/model/test_device_paths.py holds the cuda cases.
 # tests/test_dependencies.py checks this project's own environment, which the GPU image is not.
-# On an H100 (16 cores, -n 12) the suite needs ~290 s: at 270 s, 6 of 414 were unfinished (2026-11-27).
+# On an H100 (16 cores, -n 12) the suite needs over 270 s: at 270 s, 8 of 414 had not finished (2026-11-27).
 step gpu_tests "${GPU_TESTS_LIMIT:-330}" "$PYTHON" -m pytest -v -rfE -n "${GPU_TEST_WORKERS:-12}" -p no:cacheprovider -p no:benchmark tests/model tests/data tests/text tests/retrieval \
   tests/reranking tests/test_train.py tests/test_evaluate.py tests/test_metrics.py tests/test_scoring.py \
   tests/test_tuning.py tests/test_baselines.py tests/test_sanity.py
