@@ -117,7 +117,9 @@ def test_bf16_mixed_on_cpu_and_bundle_refresh_on_best_epoch(tiny_config, tmp_pat
 def test_matmul_precision_typo_fails_before_any_work(tiny_config, monkeypatch):
     built = []
     monkeypatch.setattr("twotower.train.build_run", lambda cfg: built.append(cfg))
-    with pytest.raises(ConfigError, match="float32_matmul_precision must be one of highest, high, medium; got 'fast'"):
+    with pytest.raises(
+        ConfigError, match="float32_matmul_precision must be one of highest, high, medium; got 'fast'"
+    ):
         train(tiny_config("float32_matmul_precision=fast"))
     assert not built
 
