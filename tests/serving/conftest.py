@@ -53,9 +53,13 @@ def build_test_bundle(
     catalog = tiny_catalog(n)
     index = IndexBuilder(index_kind).build(embeddings)
     state = {}
-    if aggregation == "attention":
+    if aggregation in ("attention", "transformer"):
         torch.manual_seed(seed)
-        state = {f"buyer_tower.{k}": v for k, v in BuyerTower("attention", dim).state_dict().items()}
+        tower = BuyerTower(aggregation, dim)
+        if aggregation == "transformer":  # a trained-looking tower: its output projection starts at zero
+            for parameter in tower.parameters():
+                torch.nn.init.normal_(parameter, std=0.3)
+        state = {f"buyer_tower.{k}": v for k, v in tower.state_dict().items()}
     ckpt = write_checkpoint(
         directory.parent / f"{directory.name}.ckpt",
         state,

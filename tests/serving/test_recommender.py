@@ -107,6 +107,26 @@ def test_batched_equals_one_by_one(rec: Recommender) -> None:
         assert [i["product_id"] for i in result.items] == [i["product_id"] for i in single.items]
 
 
+def test_batched_histories_of_different_lengths_equal_one_by_one(make_bundle) -> None:
+    # the transformer reads its newest position: a batch must right-align shorter histories (left-aligned,
+    # a short history's "newest" position was padding and its vector came out wrong)
+    rec = Recommender.from_bundle(make_bundle("transformer", aggregation="transformer"))
+    queries = [
+        Query(
+            [f"p{i + j}" for j in range(1 + i % 4)],
+            ["view", "purchase", "view", "add_to_cart"][: 1 + i % 4],
+            k=6,
+        )
+        for i in range(8)
+    ]
+    vectors = rec.encode(queries)
+    for query, batched in zip(queries, vectors, strict=True):
+        (single,) = rec.encode([query])
+        np.testing.assert_allclose(batched.embedding, single.embedding, atol=1e-5)
+    for query, result in zip(queries, rec.retrieve(queries), strict=True):
+        assert [i["product_id"] for i in result.items] == [i["product_id"] for i in one(rec, query).items]
+
+
 def test_training_event_aliases_are_used(rec: Recommender) -> None:
     # the bundle's config adds "checkout_success" as a purchase spelling
     a = one(rec, Query(["p1", "p2"], ["view", "checkout_success"], k=5))

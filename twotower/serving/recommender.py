@@ -337,9 +337,11 @@ class Recommender:
         rows = np.zeros((len(prepared), length), dtype=np.int64)
         weights = np.zeros((len(prepared), length), dtype=np.float32)
         mask = np.zeros((len(prepared), length), dtype=bool)
+        # right-aligned, as training and evaluate build histories: the transformer tower reads the newest
+        # (last) position, which for a shorter history in a left-aligned batch would be padding
         for b, p in enumerate(prepared):
             n = len(p.rows)
-            rows[b, :n], weights[b, :n], mask[b, :n] = p.rows, p.weights, True
+            rows[b, length - n :], weights[b, length - n :], mask[b, length - n :] = p.rows, p.weights, True
         history = torch.from_numpy(self.embeddings[rows])  # [B, L, D]
         vectors = self.tower(history, torch.from_numpy(weights), torch.from_numpy(mask))  # [B, D]
         return np.ascontiguousarray(vectors.float().numpy())
