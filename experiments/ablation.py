@@ -47,6 +47,7 @@ RUNS: dict[str, list[str]] = {
     "weighted_avg": ["model/buyer_tower=weighted_avg"],
     "attention": ["model/buyer_tower=attention"],
     "transformer": ["model/buyer_tower=transformer"],
+    "time_gaps": ["+model.buyer_tower.options.time_gaps=true"],
     "explore_only_loss": ["model.exclude_seen_in_loss=true"],
     "sampled_softmax": [
         "model.full_softmax_max_items=0",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from twotower.data.batches import HistoryBatch
+from twotower.data.batches import HistoryBatch, SequenceDataset, build_windows, time_gap_buckets
 from twotower.data.datamodule import HistoryDataset
 from twotower.data.sequences import EventLog
 from twotower.evaluation.queries import split_queries
@@ -90,3 +90,33 @@ def test_rankers_refuse_the_old_string_keyed_batches_with_a_clear_error() -> Non
     with pytest.raises(TypeError, match=r"HistoryBatch\.from_arrays"):
         ranker.scores(old)
     assert ranker.scores(HistoryBatch.from_arrays(**old)).shape == (1, 3)
+
+
+def test_time_gap_buckets_by_hand_for_both_alignments() -> None:
+    day = 86_400.0
+    times = np.array(
+        [
+            [
+                100.0,
+                100.0,
+                160.0,
+                160.0 + day,
+                160.0 + 40 * day,
+                0.0,
+            ],  # same, 1 min, 1 day, 40 days, then back
+            [np.nan, 0.0, 0.0, 3 * day, 3 * day + 3600.0, 3 * day + 3601.0],  # unknown first time
+        ]
+    )
+    mask = np.array([[True] * 6, [False, True, True, True, True, True]])  # row 1 right-aligned, 1 padding
+    assert time_gap_buckets(times, mask).tolist() == [[0, 1, 2, 3, 6, 0], [0, 0, 1, 4, 2, 2]]
+    assert time_gap_buckets(np.zeros((2, 1)), np.ones((2, 1), bool)).tolist() == [[0], [0]]
+
+
+def test_gathered_histories_and_sequence_windows_carry_time_gaps() -> None:
+    events = event_log()  # one event a second: gap bucket 2 (up to an hour) between a buyer's events
+    batch = HistoryDataset(events, np.array([2, 4]), 100, WEIGHTS).__getitems__([0, 1])
+    assert batch.history_gaps.tolist() == [[0, 2], [0, 0]]  # a history's oldest event and padding: 0
+    windows = SequenceDataset(events, build_windows(events, np.array([1, 2, 4]), 4), WEIGHTS)
+    sequences = windows.__getitems__(list(range(len(windows))))
+    # windows hold the targets' histories: buyer a's events 0-1, buyer b's event 3 then padding
+    assert sequences.items.tolist() == [[0, 1], [3, 0]] and sequences.gaps.tolist() == [[0, 2], [0, 0]]

@@ -5,10 +5,9 @@ cases run only where torch sees a GPU."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 
 import twotower.model.module as module_file
 from tests.model.test_module import _module
@@ -33,7 +32,7 @@ def test_explore_only_objective_drops_a_repeat_that_recurs_later_in_its_window(d
         query_position=torch.tensor([1, 0]),
         target=torch.tensor([3, 1]),
     )
-    batch = SequenceBatch(**{f.name: getattr(batch, f.name).to(device) for f in dataclasses.fields(batch)})
+    batch = move_data_to_device(batch, device)  # as Lightning moves batches (optional fields stay None)
     loss = module.training_step(batch, 0)
     vectors = module.embed_catalog()
     query = module.buyer_tower.forward_all(vectors[batch.items], batch.weights, batch.mask)[0, :1]  # query 1

@@ -185,3 +185,30 @@ def test_transformer_residuals_keep_prefix_equality(residual):
         torch.testing.assert_close(out[:, length - 1], expected, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="residual"):
         BuyerTower("transformer", 16, options={"residual": "first"})
+
+
+def test_transformer_time_gaps_are_causal_used_and_zero_when_unknown():
+    torch.manual_seed(0)
+    tower = BuyerTower("transformer", 16, options={"time_gaps": True}).eval()
+    with torch.no_grad():
+        tower.aggregate.gap.weight.normal_()  # a trained-looking gap embedding
+    vectors, weights, mask = _history(batch=2, length=6, dim=16)
+    gaps = torch.tensor([[0, 0, 0, 0, 6, 2], [0, 2, 5, 1, 1, 4]])  # row 0: three positions of padding
+    out = tower.forward_all(vectors, weights, mask, gaps)
+    # a future gap never changes an earlier output; forward() of each prefix is the same
+    changed = gaps.clone()
+    changed[:, 4:] = 0
+    torch.testing.assert_close(tower.forward_all(vectors, weights, mask, changed)[:, :4], out[:, :4])
+    for length in (4, 6):
+        expected = tower(vectors[:, :length], weights[:, :length], mask[:, :length], gaps[:, :length])
+        torch.testing.assert_close(out[:, length - 1], expected, atol=1e-5, rtol=1e-4)
+    # the gaps matter, and no gaps means "unknown" (bucket 0) everywhere
+    assert not torch.allclose(tower(vectors, weights, mask, gaps), tower(vectors, weights, mask, changed))
+    torch.testing.assert_close(
+        tower(vectors, weights, mask), tower(vectors, weights, mask, torch.zeros_like(gaps))
+    )
+    # towers without time gaps ignore them
+    plain = BuyerTower("transformer", 16).eval()
+    torch.testing.assert_close(plain(vectors, weights, mask, gaps), plain(vectors, weights, mask))
+    average = BuyerTower("weighted_avg", 16)
+    torch.testing.assert_close(average(vectors, weights, mask, gaps), average(vectors, weights, mask))

@@ -45,6 +45,7 @@ def build_test_bundle(
     aggregation: str = "weighted_avg",
     seed: int = 0,
     index_kind: str = "flat",
+    options: dict | None = None,
 ) -> Path:
     """Write a complete bundle: tiny catalog, random normalized embeddings, an index and a buyer-tower checkpoint."""
     rng = np.random.default_rng(seed)
@@ -55,7 +56,7 @@ def build_test_bundle(
     state = {}
     if aggregation in ("attention", "transformer"):
         torch.manual_seed(seed)
-        tower = BuyerTower(aggregation, dim)
+        tower = BuyerTower(aggregation, dim, options)
         if aggregation == "transformer":  # a trained-looking tower: its output projection starts at zero
             for parameter in tower.parameters():
                 torch.nn.init.normal_(parameter, std=0.3)
@@ -65,7 +66,7 @@ def build_test_bundle(
         state,
         {
             "item_tower": {"output_dim": dim},
-            "buyer_tower": {"aggregation_method": aggregation, "options": {}},
+            "buyer_tower": {"aggregation_method": aggregation, "options": dict(options or {})},
         },
     )
     return write_bundle(

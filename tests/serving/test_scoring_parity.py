@@ -73,8 +73,16 @@ def event_log(num_items: int, num_buyers: int = 40, seed: int = 0) -> tuple[Even
     ],
     ids=["exclusion", "repeat", "repeat-capped", "learned"],
 )
-def test_evaluate_and_retrieve_rank_identically(make_bundle, settings: ScoringSettings) -> None:
-    path: Path = make_bundle("parity", n=60, index_kind="flat")
+@pytest.mark.parametrize(
+    "tower",
+    [{}, {"aggregation": "transformer", "options": {"time_gaps": True}}],
+    ids=["weighted_avg", "transformer-time-gaps"],
+)
+def test_evaluate_and_retrieve_rank_identically(make_bundle, settings: ScoringSettings, tower: dict) -> None:
+    # the transformer with time gaps: evaluate buckets the event log's times, the service the request's
+    path: Path = make_bundle(
+        f"parity-{tower.get('aggregation', 'default')}", n=60, index_kind="flat", **tower
+    )
     bundle = load_bundle(path)
     bundle.manifest[MANIFEST_KEY] = settings.to_dict()  # as export records it
     bundle.manifest["config"]["data"]["max_history"] = MAX_HISTORY

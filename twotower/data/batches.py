@@ -21,6 +21,33 @@ if TYPE_CHECKING:  # sequences.py builds HistoryBatch: a runtime import here wou
     from twotower.data.sequences import EventLog
 
 
+# Time since the previous event of the same history, in buckets: 0 = none (the history's oldest event, padding,
+# an unknown or out-of-order time), 1 = the same timestamp (lines of one invoice), then up to 1 hour, 1 day,
+# 7 days, 30 days, and longer. One definition for training windows, evaluation and serving requests.
+GAP_BUCKET_EDGES_S = np.array([0.0, 3600.0, 86400.0, 7 * 86400.0, 30 * 86400.0])
+NUM_GAP_BUCKETS = len(GAP_BUCKET_EDGES_S) + 2
+
+
+def time_gap_buckets(times_s: ArrayLike, mask: ArrayLike) -> np.ndarray:
+    """int64 [B, L]: the gap bucket (see :data:`GAP_BUCKET_EDGES_S`) of each position of histories whose real
+    positions are contiguous (left- or right-aligned), from epoch seconds ``times_s`` [B, L] (NaN = unknown).
+
+    Example:
+        >>> time_gap_buckets([[0.0, 0.0, 60.0, 2e6, np.nan]], [[True] * 5]).tolist()
+        [[0, 1, 2, 5, 0]]
+    """
+    times = np.asarray(times_s, dtype=np.float64)
+    mask = np.asarray(mask, dtype=bool)
+    out = np.zeros(times.shape, dtype=np.int64)
+    if times.shape[-1] < 2:
+        return out
+    gap = times[..., 1:] - times[..., :-1]
+    known = mask[..., 1:] & mask[..., :-1] & np.isfinite(gap) & (gap >= 0)
+    bucket = 1 + np.searchsorted(GAP_BUCKET_EDGES_S, np.where(known, gap, 0.0), side="left")
+    out[..., 1:] = np.where(known, bucket, 0)
+    return out
+
+
 def _tensor(values: ArrayLike, dtype: type) -> Tensor:
     array = np.asarray(values, dtype=dtype)  # np.ascontiguousarray would turn a scalar target into [1]
     return torch.from_numpy(array if array.flags.c_contiguous else array.copy())
@@ -35,6 +62,7 @@ class HistoryBatch:
     history_weights: Tensor  # float32 [B, L] event weights (0 where padded)
     history_mask: Tensor  # bool [B, L]
     target: Tensor  # int64 [B] (-1: no known target, e.g. a ranking request built by hand)
+    history_gaps: Tensor | None = None  # int64 [B, L] time_gap_buckets (None: times unknown, all 0)
 
     @classmethod
     def from_arrays(
@@ -43,6 +71,7 @@ class HistoryBatch:
         history_weights: ArrayLike,
         history_mask: ArrayLike,
         target: ArrayLike | None = None,
+        history_gaps: ArrayLike | None = None,
     ) -> HistoryBatch:
         """From numpy arrays (or anything ``np.asarray`` takes), cast to the field dtypes (no copy when they
         match). ``target`` None: -1 per row, for a batch that is only ranked (rankers never read the target)."""
@@ -52,6 +81,7 @@ class HistoryBatch:
             history_weights=_tensor(history_weights, np.float32),
             history_mask=_tensor(history_mask, bool),
             target=torch.full(items.shape[:-1], -1) if target is None else _tensor(target, np.int64),
+            history_gaps=None if history_gaps is None else _tensor(history_gaps, np.int64),
         )
 
     @classmethod
@@ -68,6 +98,11 @@ class HistoryBatch:
             history_weights=torch.stack([row.history_weights for row in rows]),
             history_mask=torch.stack([row.history_mask for row in rows]),
             target=torch.stack([row.target for row in rows]),
+            history_gaps=(
+                torch.stack([row.history_gaps for row in rows])
+                if all(row.history_gaps is not None for row in rows)
+                else None
+            ),
         )
 
     def map_items(self, mapping: np.ndarray) -> HistoryBatch:
@@ -92,6 +127,7 @@ class SequenceBatch:
     query_window: Tensor  # int64 [T] the window row of each target's query
     query_position: Tensor  # int64 [T] the column whose causal output is the target's query
     target: Tensor  # int64 [T]
+    gaps: Tensor | None = None  # int64 [W, L] time_gap_buckets (None: times unknown, all 0)
 
     def __len__(self) -> int:
         return len(self.target)
@@ -165,10 +201,12 @@ class SequenceDataset(Dataset):
         targets = w.targets[target_index]
         query_window = np.repeat(np.arange(len(rows), dtype=np.int64), counts)
         query_position = self.events.history_end[targets] - 1 - start[query_window]
+        times = self.events.timestamp[index] / 1e6  # [W, L] epoch seconds
         return SequenceBatch(
             items=torch.from_numpy(items),
             weights=torch.from_numpy(weights),
             mask=torch.from_numpy(mask),
+            gaps=torch.from_numpy(time_gap_buckets(times, mask)),
             query_window=torch.from_numpy(query_window),
             query_position=torch.from_numpy(query_position.astype(np.int64)),
             target=torch.from_numpy(self.events.item[targets].astype(np.int64)),

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from twotower.data.batches import HistoryBatch
+from twotower.data.batches import HistoryBatch, time_gap_buckets
 from twotower.data.catalog import Catalog
 from twotower.data.io import DEFAULT_CHUNKSIZE, DEFAULT_ENCODING, read_table
 from twotower.data.report import DataReport
@@ -368,4 +368,5 @@ def gather_histories(
     index = np.where(mask, index, 0)
     items = np.where(mask, events.item[index], 0).astype(np.int64)
     weights = np.where(mask, weights_by_event[events.event[index]], 0.0).astype(np.float32)
-    return HistoryBatch.from_arrays(items, weights, mask, events.item[positions])
+    gaps = time_gap_buckets(events.timestamp[index] / 1e6, mask)
+    return HistoryBatch.from_arrays(items, weights, mask, events.item[positions], history_gaps=gaps)

@@ -246,7 +246,8 @@ class ModelRanker:
     @torch.no_grad()
     def buyer_vectors(self, batch: HistoryBatch) -> torch.Tensor:
         items, weights, mask = (torch.from_numpy(a) for a in history_arrays(batch))
-        return self.buyer_tower.pool(self.item_embeddings, items, weights, mask)  # [B, D]
+        gaps = None if batch.history_gaps is None else torch.as_tensor(batch.history_gaps).cpu()
+        return self.buyer_tower.pool(self.item_embeddings, items, weights, mask, gaps)  # [B, D]
 
     def scores(self, batch: HistoryBatch) -> np.ndarray:
         return (self.buyer_vectors(batch) @ self.item_embeddings.T).numpy()

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from twotower.data.batches import NUM_GAP_BUCKETS
+
 AGGREGATIONS: dict[str, type[Aggregation]] = {}
 
 
@@ -181,6 +183,8 @@ class TransformerAggregation(Aggregation):
     over a sequence are exactly what forward() returns for each prefix (training uses that, serving forward).
     The output adds a residual, so an untrained tower starts at a known aggregation: `residual=mean` the
     event-weighted mean of the history up to that position (weighted_avg), `residual=last` the newest item.
+    With `time_gaps`, each position also adds an embedding of the time since the previous event
+    (:func:`twotower.data.batches.time_gap_buckets`: same invoice, an hour, a day, ...; 0 when unknown).
     """
 
     def __init__(
@@ -191,6 +195,7 @@ class TransformerAggregation(Aggregation):
         layers: int = 2,
         dropout: float = 0.1,
         residual: str = "mean",
+        time_gaps: bool = False,
     ) -> None:
         super().__init__()
         if width % heads:
@@ -200,6 +205,9 @@ class TransformerAggregation(Aggregation):
         self.heads, self.residual = heads, residual
         self.input = nn.Linear(embedding_dim, width)
         self.event = nn.Linear(1, width)
+        self.gap = nn.Embedding(NUM_GAP_BUCKETS, width) if time_gaps else None
+        if self.gap is not None:
+            nn.init.normal_(self.gap.weight, std=0.02)
         self.blocks = nn.ModuleList(_Block(width, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
         self.output = nn.Linear(width, embedding_dim)
@@ -227,10 +235,18 @@ class TransformerAggregation(Aggregation):
         allowed = (causal & mask[:, None, :]) | diagonal  # [B, L, L]; the diagonal keeps padding rows finite
         return bias.unsqueeze(0).masked_fill(~allowed.unsqueeze(1), float("-inf"))
 
-    def _run(self, history: Tensor, weights: Tensor, mask: Tensor, last_only: bool) -> Tensor:
+    @property
+    def uses_gaps(self) -> bool:
+        return self.gap is not None
+
+    def _run(
+        self, history: Tensor, weights: Tensor, mask: Tensor, last_only: bool, gaps: Tensor | None = None
+    ) -> Tensor:
         """Hidden states [B, L, W] (with last_only: [B, 1, W], the newest position only)."""
         event = torch.log1p(weights.clamp_min(0).to(history.dtype)).unsqueeze(-1)  # [B, L, 1]
         x = self.input(history) + self.event(event)  # [B, L, W]
+        if self.gap is not None:  # no gaps given (times unknown): bucket 0 everywhere
+            x = x + self.gap(gaps if gaps is not None else torch.zeros_like(mask, dtype=torch.long))
         bias = self._bias(mask).to(x.dtype)
         for i, block in enumerate(self.blocks):
             x = block(x, bias, last_only=last_only and i == len(self.blocks) - 1)
@@ -243,23 +259,31 @@ class TransformerAggregation(Aggregation):
         """[B, L, D] residual at each position (causal)."""
         return _MEAN.forward_all(history, weights, mask) if self.residual == "mean" else history
 
-    def forward_all(self, history: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
-        hidden = self._run(history, weights, mask, last_only=False)
+    def forward_all(
+        self, history: Tensor, weights: Tensor, mask: Tensor, gaps: Tensor | None = None
+    ) -> Tensor:
+        hidden = self._run(history, weights, mask, last_only=False, gaps=gaps)
         return self._output(hidden, self._residuals(history, weights, mask))
 
     def forward_at(
-        self, history: Tensor, weights: Tensor, mask: Tensor, rows: Tensor, cols: Tensor
+        self,
+        history: Tensor,
+        weights: Tensor,
+        mask: Tensor,
+        rows: Tensor,
+        cols: Tensor,
+        gaps: Tensor | None = None,
     ) -> Tensor:
-        hidden = self._run(history, weights, mask, last_only=False)  # [B, L, W]
+        hidden = self._run(history, weights, mask, last_only=False, gaps=gaps)  # [B, L, W]
         residual = self._residuals(history, weights, mask)[rows, cols]
         return self._output(hidden[rows, cols], residual)  # project only the queried positions
 
-    def forward(self, history: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, history: Tensor, weights: Tensor, mask: Tensor, gaps: Tensor | None = None) -> Tensor:
         if history.shape[1] == 0:
             return history.new_zeros(history.shape[0], history.shape[2])
         residual = _MEAN(history, weights, mask) if self.residual == "mean" else history[:, -1]
         # right-aligned histories: the newest event is last; the last block computes only that query
-        last = self._output(self._run(history, weights, mask, last_only=True)[:, 0], residual)
+        last = self._output(self._run(history, weights, mask, last_only=True, gaps=gaps)[:, 0], residual)
         return last * mask.any(dim=1, keepdim=True).to(last.dtype)  # an empty history -> zero vector
 
 
@@ -300,23 +324,42 @@ class BuyerTower(nn.Module):
                 f"model.buyer_tower.options {dict(options or {})} do not fit {aggregation_method!r}: {error}"
             ) from error
 
-    def forward(self, history: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
-        """History vectors [B, L, D] -> [B, D]."""
-        return F.normalize(self.aggregate(history, weights, mask.bool()), dim=-1)
+    def _gaps(self, gaps: Tensor | None) -> dict[str, Tensor | None]:
+        """The time-gap argument for aggregations that read it (``uses_gaps``); others never see it."""
+        return {"gaps": gaps} if getattr(self.aggregate, "uses_gaps", False) else {}
 
-    def pool(self, vectors: Tensor, index: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, history: Tensor, weights: Tensor, mask: Tensor, gaps: Tensor | None = None) -> Tensor:
+        """History vectors [B, L, D] -> [B, D]. ``gaps``: time_gap_buckets [B, L] (None: unknown)."""
+        return F.normalize(self.aggregate(history, weights, mask.bool(), **self._gaps(gaps)), dim=-1)
+
+    def pool(
+        self, vectors: Tensor, index: Tensor, weights: Tensor, mask: Tensor, gaps: Tensor | None = None
+    ) -> Tensor:
         """Same result as forward(vectors[index], ...) for unique item vectors [U, D] and indices [B, L] into them."""
+        if self._gaps(gaps):
+            return self(vectors[index], weights, mask, gaps)
         return F.normalize(self.aggregate.pool(vectors, index, weights, mask.bool()), dim=-1)
 
-    def forward_all(self, history: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
+    def forward_all(
+        self, history: Tensor, weights: Tensor, mask: Tensor, gaps: Tensor | None = None
+    ) -> Tensor:
         """[B, L, D]: position l holds forward() of the history up to l (every next-item query of a sequence)."""
-        return F.normalize(self.aggregate.forward_all(history, weights, mask.bool()), dim=-1)
+        return F.normalize(
+            self.aggregate.forward_all(history, weights, mask.bool(), **self._gaps(gaps)), dim=-1
+        )
 
     def forward_at(
-        self, history: Tensor, weights: Tensor, mask: Tensor, rows: Tensor, cols: Tensor
+        self,
+        history: Tensor,
+        weights: Tensor,
+        mask: Tensor,
+        rows: Tensor,
+        cols: Tensor,
+        gaps: Tensor | None = None,
     ) -> Tensor:
         """[T, D]: forward_all(...)[rows, cols] (training queries), skipping work for unqueried positions."""
-        return F.normalize(self.aggregate.forward_at(history, weights, mask.bool(), rows, cols), dim=-1)
+        out = self.aggregate.forward_at(history, weights, mask.bool(), rows, cols, **self._gaps(gaps))
+        return F.normalize(out, dim=-1)
 
 
 def load_buyer_tower(ckpt_path: str | Path, map_location: str = "cpu") -> BuyerTower:

@@ -241,10 +241,15 @@ class TwoTowerModule(L.LightningModule):
         )
 
     def embed_buyers(
-        self, history_items: Tensor, history_weights: Tensor, history_mask: Tensor, item_vectors: Tensor
+        self,
+        history_items: Tensor,
+        history_weights: Tensor,
+        history_mask: Tensor,
+        item_vectors: Tensor,
+        history_gaps: Tensor | None = None,
     ) -> Tensor:
         """Buyer vectors [B, D] from history item indices [B, L] using precomputed item vectors [N, D]."""
-        return self.buyer_tower.pool(item_vectors, history_items, history_weights, history_mask)
+        return self.buyer_tower.pool(item_vectors, history_items, history_weights, history_mask, history_gaps)
 
     @torch.no_grad()
     def embed_catalog(self, chunk_size: int = 8192) -> Tensor:
@@ -259,9 +264,10 @@ class TwoTowerModule(L.LightningModule):
     # -- training ---------------------------------------------------------------------------------
     def training_step(self, batch: HistoryBatch | SequenceBatch, batch_idx: int) -> Tensor:
         if isinstance(batch, SequenceBatch):
-            history, weights, mask = batch.items, batch.weights, batch.mask
+            history, weights, mask, gaps = batch.items, batch.weights, batch.mask, batch.gaps
         else:
             history, weights, mask = batch.history_items, batch.history_weights, batch.history_mask
+            gaps = batch.history_gaps
         target = batch.target
         full = self._catalog_size <= self.hparams.full_softmax_max_items
         if full:
@@ -285,14 +291,14 @@ class TwoTowerModule(L.LightningModule):
         if isinstance(batch, SequenceBatch):
             # one causal pass per window; each target reads the output at its history's last position
             buyers = self.buyer_tower.forward_at(
-                vectors[history_index], weights, mask, batch.query_window, batch.query_position
+                vectors[history_index], weights, mask, batch.query_window, batch.query_position, gaps
             )  # [T, D]
             query_history = history[batch.query_window]  # [T, L]
             query_mask = mask[batch.query_window] & (
                 torch.arange(history.shape[1], device=self.device)[None, :] <= batch.query_position[:, None]
             )
         else:
-            buyers = self.buyer_tower.pool(vectors, history_index, weights, mask)  # [B, D]
+            buyers = self.buyer_tower.pool(vectors, history_index, weights, mask, gaps)  # [B, D]
             query_history, query_mask = history, mask.bool()
         positive_column = torch.arange(len(target), device=self.device)  # sampled mode: row i's own target
         query_ids = target
@@ -401,7 +407,11 @@ class TwoTowerModule(L.LightningModule):
 
     def _eval_step(self, batch: HistoryBatch) -> None:
         buyers = self.embed_buyers(
-            batch.history_items, batch.history_weights, batch.history_mask, self._item_embeddings
+            batch.history_items,
+            batch.history_weights,
+            batch.history_mask,
+            self._item_embeddings,
+            batch.history_gaps,
         )
         seen = torch.where(batch.history_mask, batch.history_items, -1)  # [B, L], -1 = padding
         # one catalog pass: the K + L best hold the K best outside the history (at most L are the history's)

@@ -166,6 +166,7 @@ def held_out_buyer_vectors(
             batch.history_weights.to(device),
             batch.history_mask.to(device),
             item_vectors,
+            None if batch.history_gaps is None else batch.history_gaps.to(device),
         )
     return buyers.float().cpu().numpy()
 

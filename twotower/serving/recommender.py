@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from twotower.data.batches import time_gap_buckets
 from twotower.data.schema import EVENT_TYPES, normalize_id, normalize_key
 from twotower.model.buyer_tower import BuyerTower, load_buyer_tower
 from twotower.retrieval.bundle import Bundle, load_bundle
@@ -336,14 +337,17 @@ class Recommender:
         length = max(len(p.rows) for p in prepared)
         rows = np.zeros((len(prepared), length), dtype=np.int64)
         weights = np.zeros((len(prepared), length), dtype=np.float32)
+        times = np.full((len(prepared), length), np.nan)
         mask = np.zeros((len(prepared), length), dtype=bool)
         # right-aligned, as training and evaluate build histories: the transformer tower reads the newest
         # (last) position, which for a shorter history in a left-aligned batch would be padding
         for b, p in enumerate(prepared):
             n = len(p.rows)
             rows[b, length - n :], weights[b, length - n :], mask[b, length - n :] = p.rows, p.weights, True
+            times[b, length - n :] = p.times
         history = torch.from_numpy(self.embeddings[rows])  # [B, L, D]
-        vectors = self.tower(history, torch.from_numpy(weights), torch.from_numpy(mask))  # [B, D]
+        gaps = torch.from_numpy(time_gap_buckets(times, mask))  # as training buckets the event times
+        vectors = self.tower(history, torch.from_numpy(weights), torch.from_numpy(mask), gaps)  # [B, D]
         return np.ascontiguousarray(vectors.float().numpy())
 
     # -- public API ------------------------------------------------------------------------------------
