@@ -77,6 +77,7 @@ def test_id_vocabulary_is_the_trained_items_and_travels_in_hparams():
     assert module.hparams["buyer_tower"] == {
         "aggregation_method": "transformer",
         "options": {"width": 8, "heads": 2, "layers": 1},
+        "time_gaps": False,
     }
     reloaded = TwoTowerModule(
         16,

@@ -189,7 +189,7 @@ def test_transformer_residuals_keep_prefix_equality(residual):
 
 def test_transformer_time_gaps_are_causal_used_and_zero_when_unknown():
     torch.manual_seed(0)
-    tower = BuyerTower("transformer", 16, options={"time_gaps": True}).eval()
+    tower = BuyerTower("transformer", 16, time_gaps=True).eval()
     with torch.no_grad():
         tower.aggregate.gap.weight.normal_()  # a trained-looking gap embedding
     vectors, weights, mask = _history(batch=2, length=6, dim=16)
@@ -210,5 +210,9 @@ def test_transformer_time_gaps_are_causal_used_and_zero_when_unknown():
     # towers without time gaps ignore them
     plain = BuyerTower("transformer", 16).eval()
     torch.testing.assert_close(plain(vectors, weights, mask, gaps), plain(vectors, weights, mask))
-    average = BuyerTower("weighted_avg", 16)
+    average = BuyerTower(
+        "weighted_avg", 16, time_gaps=True
+    )  # as after switching aggregation_method on the CLI
     torch.testing.assert_close(average(vectors, weights, mask, gaps), average(vectors, weights, mask))
+    with pytest.raises(ValueError, match=r"set model\.buyer_tower\.time_gaps=true\|false instead"):
+        BuyerTower("transformer", 16, options={"time_gaps": True})

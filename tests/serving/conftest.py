@@ -46,6 +46,7 @@ def build_test_bundle(
     seed: int = 0,
     index_kind: str = "flat",
     options: dict | None = None,
+    time_gaps: bool = False,
 ) -> Path:
     """Write a complete bundle: tiny catalog, random normalized embeddings, an index and a buyer-tower checkpoint."""
     rng = np.random.default_rng(seed)
@@ -56,7 +57,7 @@ def build_test_bundle(
     state = {}
     if aggregation in ("attention", "transformer"):
         torch.manual_seed(seed)
-        tower = BuyerTower(aggregation, dim, options)
+        tower = BuyerTower(aggregation, dim, options, time_gaps)
         if aggregation == "transformer":  # a trained-looking tower: its output projection starts at zero
             for parameter in tower.parameters():
                 torch.nn.init.normal_(parameter, std=0.3)
@@ -66,7 +67,11 @@ def build_test_bundle(
         state,
         {
             "item_tower": {"output_dim": dim},
-            "buyer_tower": {"aggregation_method": aggregation, "options": dict(options or {})},
+            "buyer_tower": {
+                "aggregation_method": aggregation,
+                "options": dict(options or {}),
+                "time_gaps": time_gaps,
+            },
         },
     )
     return write_bundle(

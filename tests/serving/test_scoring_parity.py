@@ -75,7 +75,7 @@ def event_log(num_items: int, num_buyers: int = 40, seed: int = 0) -> tuple[Even
 )
 @pytest.mark.parametrize(
     "tower",
-    [{}, {"aggregation": "transformer", "options": {"time_gaps": True}}],
+    [{}, {"aggregation": "transformer", "time_gaps": True}],
     ids=["weighted_avg", "transformer-time-gaps"],
 )
 def test_evaluate_and_retrieve_rank_identically(make_bundle, settings: ScoringSettings, tower: dict) -> None:

@@ -9,6 +9,7 @@ should go into its own module and register itself.)
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -292,10 +293,14 @@ class BuyerTowerConfig:
     """The `model.buyer_tower` config node (`_target_`): a typo in a key fails at start-up, naming the key.
 
     options are the aggregation's own arguments (e.g. transformer: width, heads, layers, dropout).
+    time_gaps: feed the time since the previous event to aggregations that read it (the transformer); the
+    others ignore it, so switching `aggregation_method` on the command line keeps working. A checkpoint
+    from before this key loads with False, as it was trained.
     """
 
     aggregation_method: str = "weighted_avg"
     options: dict[str, Any] = field(default_factory=dict)
+    time_gaps: bool = False
 
     def __post_init__(self) -> None:
         self.options = dict(self.options or {})
@@ -308,7 +313,11 @@ class BuyerTower(nn.Module):
     """History item vectors [B, L, D] + event weights [B, L] + mask [B, L] -> L2-normalized buyer vector [B, D]."""
 
     def __init__(
-        self, aggregation_method: str = "weighted_avg", embedding_dim: int = 384, options: dict | None = None
+        self,
+        aggregation_method: str = "weighted_avg",
+        embedding_dim: int = 384,
+        options: dict | None = None,
+        time_gaps: bool = False,
     ):
         super().__init__()
         if aggregation_method not in AGGREGATIONS:
@@ -317,11 +326,19 @@ class BuyerTower(nn.Module):
                 f"registered methods: {sorted(AGGREGATIONS)}"
             )
         self.aggregation_method = aggregation_method
+        options = dict(options or {})
+        if "time_gaps" in options:
+            raise ValueError(
+                "model.buyer_tower.options.time_gaps: set model.buyer_tower.time_gaps=true|false instead"
+            )
+        kind = AGGREGATIONS[aggregation_method]
+        if time_gaps and "time_gaps" in inspect.signature(kind).parameters:
+            options["time_gaps"] = True  # others have no use for event times
         try:
-            self.aggregate = AGGREGATIONS[aggregation_method](embedding_dim, **dict(options or {}))
+            self.aggregate = kind(embedding_dim, **options)
         except TypeError as error:
             raise ValueError(
-                f"model.buyer_tower.options {dict(options or {})} do not fit {aggregation_method!r}: {error}"
+                f"model.buyer_tower.options {options} do not fit {aggregation_method!r}: {error}"
             ) from error
 
     def _gaps(self, gaps: Tensor | None) -> dict[str, Tensor | None]:
