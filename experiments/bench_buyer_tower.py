@@ -12,9 +12,11 @@ import argparse
 import json
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from twotower.data.batches import time_gap_buckets
 from twotower.model.buyer_tower import AGGREGATIONS, BuyerTower
 
 
@@ -31,19 +33,28 @@ def main() -> None:
     history = F.normalize(torch.randn(1, args.history, args.dim), dim=-1)
     weights = torch.full((1, args.history), 10.0)
     mask = torch.ones(1, args.history, dtype=torch.bool)
+    # the request's event times (epoch seconds): with time gaps, the served path buckets them per call
+    stamps = 1.7e9 + np.cumsum(np.full((1, args.history), 3600.0), axis=1)
+    variants = {name: (name, False) for name in sorted(AGGREGATIONS)}
+    variants["transformer+time_gaps"] = ("transformer", True)  # the default tower since 2026-11-27
     results: dict[str, dict[str, float]] = {}
     with torch.inference_mode():
-        for name in sorted(AGGREGATIONS):
-            tower = BuyerTower(name, args.dim).eval()
+        for label, (name, time_gaps) in variants.items():
+            tower = BuyerTower(name, args.dim, time_gaps=time_gaps).eval()
+
+            def call(tower=tower, time_gaps=time_gaps) -> None:
+                gaps = torch.from_numpy(time_gap_buckets(stamps, mask.numpy())) if time_gaps else None
+                tower(history, weights, mask, gaps)
+
             for _ in range(100):
-                tower(history, weights, mask)
+                call()
             times = []
             for _ in range(args.repeats):
                 start = time.perf_counter()
-                tower(history, weights, mask)
+                call()
                 times.append(time.perf_counter() - start)
             times.sort()
-            results[name] = {
+            results[label] = {
                 "p50_ms": round(1000 * times[len(times) // 2], 4),
                 "p95_ms": round(1000 * times[int(len(times) * 0.95)], 4),
             }

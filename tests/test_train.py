@@ -10,10 +10,12 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from tests.conftest import compose_config
 from twotower.assembly import RUNTIME_ARGS, build_run
 from twotower.config import ConfigError, check_k_values, validate_config
+from twotower.model.buyer_tower import BuyerTower
 from twotower.train import train
 
 
@@ -52,11 +54,14 @@ def test_shipped_configs_validate(tiny_config):
     for overrides in (
         [],
         ["model/buyer_tower=attention"],
+        ["model.buyer_tower.aggregation_method=attention"],  # the card's command: keeps time_gaps, ignored
         ["trainer=ddp_sim"],
         ["index=hnsw"],
         ["index=torch_exact"],
     ):
-        validate_config(tiny_config(*overrides), RUNTIME_ARGS)
+        cfg = tiny_config(*overrides)
+        validate_config(cfg, RUNTIME_ARGS)
+        BuyerTower(embedding_dim=8, **instantiate(cfg.model.buyer_tower).as_dict())  # the tower builds
 
 
 @pytest.mark.slow
