@@ -36,7 +36,7 @@ def main() -> None:
     # the request's event times (epoch seconds): with time gaps, the served path buckets them per call
     stamps = 1.7e9 + np.cumsum(np.full((1, args.history), 3600.0), axis=1)
     variants = {name: (name, False) for name in sorted(AGGREGATIONS)}
-    variants["transformer+time_gaps"] = ("transformer", True)  # the default tower since 2026-11-27
+    variants["transformer+time_gaps"] = ("transformer", True)  # model.buyer_tower.time_gaps=true
     results: dict[str, dict[str, float]] = {}
     with torch.inference_mode():
         for label, (name, time_gaps) in variants.items():

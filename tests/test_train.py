@@ -54,7 +54,10 @@ def test_shipped_configs_validate(tiny_config):
     for overrides in (
         [],
         ["model/buyer_tower=attention"],
-        ["model.buyer_tower.aggregation_method=attention"],  # the card's command: keeps time_gaps, ignored
+        [
+            "model.buyer_tower.aggregation_method=attention",
+            "model.buyer_tower.time_gaps=true",
+        ],  # gaps ignored
         ["trainer=ddp_sim"],
         ["index=hnsw"],
         ["index=torch_exact"],
