@@ -16,7 +16,6 @@ ties), the same for every ranker. ``recommend(batch, k)`` is the plain top-k of 
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -240,8 +239,6 @@ class ModelRanker:
         self.buyer_tower = buyer_tower.eval()
         self.item_embeddings = torch.as_tensor(np.asarray(item_embeddings, dtype=np.float32))
         self.index = index
-        # time-gap buckets go to towers that take them (BuyerTower); a plain pooling module gets none
-        self._takes_gaps = "gaps" in inspect.signature(buyer_tower.pool).parameters
 
     def fit(self, interactions: Any = None) -> ModelRanker:
         return self  # trained already
@@ -249,8 +246,8 @@ class ModelRanker:
     @torch.no_grad()
     def buyer_vectors(self, batch: HistoryBatch) -> torch.Tensor:
         items, weights, mask = (torch.from_numpy(a) for a in history_arrays(batch))
-        extra = {}
-        if self._takes_gaps and batch.history_gaps is not None:
+        extra = {}  # time-gap buckets only for towers that read them; a plain pooling module gets none
+        if getattr(self.buyer_tower, "uses_gaps", False) and batch.history_gaps is not None:
             extra["gaps"] = torch.as_tensor(batch.history_gaps).cpu()
         return self.buyer_tower.pool(self.item_embeddings, items, weights, mask, **extra)  # [B, D]
 

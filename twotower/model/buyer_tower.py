@@ -341,9 +341,14 @@ class BuyerTower(nn.Module):
                 f"model.buyer_tower.options {options} do not fit {aggregation_method!r}: {error}"
             ) from error
 
+    @property
+    def uses_gaps(self) -> bool:
+        """Whether the aggregation reads time-gap buckets (callers need not compute them otherwise)."""
+        return getattr(self.aggregate, "uses_gaps", False)
+
     def _gaps(self, gaps: Tensor | None) -> dict[str, Tensor | None]:
-        """The time-gap argument for aggregations that read it (``uses_gaps``); others never see it."""
-        return {"gaps": gaps} if getattr(self.aggregate, "uses_gaps", False) else {}
+        """The time-gap argument for aggregations that read it; others never see it."""
+        return {"gaps": gaps} if self.uses_gaps else {}
 
     def forward(self, history: Tensor, weights: Tensor, mask: Tensor, gaps: Tensor | None = None) -> Tensor:
         """History vectors [B, L, D] -> [B, D]. ``gaps``: time_gap_buckets [B, L] (None: unknown)."""
@@ -353,7 +358,7 @@ class BuyerTower(nn.Module):
         self, vectors: Tensor, index: Tensor, weights: Tensor, mask: Tensor, gaps: Tensor | None = None
     ) -> Tensor:
         """Same result as forward(vectors[index], ...) for unique item vectors [U, D] and indices [B, L] into them."""
-        if self._gaps(gaps):
+        if self.uses_gaps:
             return self(vectors[index], weights, mask, gaps)
         return F.normalize(self.aggregate.pool(vectors, index, weights, mask.bool()), dim=-1)
 

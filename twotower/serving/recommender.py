@@ -346,7 +346,8 @@ class Recommender:
             rows[b, length - n :], weights[b, length - n :], mask[b, length - n :] = p.rows, p.weights, True
             times[b, length - n :] = p.times
         history = torch.from_numpy(self.embeddings[rows])  # [B, L, D]
-        gaps = torch.from_numpy(time_gap_buckets(times, mask))  # as training buckets the event times
+        # bucketed as training buckets the event times; skipped for towers that ignore them (the default)
+        gaps = torch.from_numpy(time_gap_buckets(times, mask)) if self.tower.uses_gaps else None
         vectors = self.tower(history, torch.from_numpy(weights), torch.from_numpy(mask), gaps)  # [B, D]
         return np.ascontiguousarray(vectors.float().numpy())
 
