@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -288,7 +289,9 @@ def test_learned_score_reads_the_catalog_features() -> None:
     np.testing.assert_array_equal(ids, [[0, 1]])  # without them: history items score 0, below new items
 
 
-def recent_sales_boost(recent: dict[int, float], num_items: int) -> tuple[ScoringSettings, np.ndarray]:
+def recent_sales_boost(
+    recent: dict[int, float], num_items: int, boost_pool: int = 50
+) -> tuple[ScoringSettings, np.ndarray]:
     """Learned settings with no history term (bias -10) and new items boosted by their recent sales (weight 1),
     and a catalog whose items sell lately as ``recent`` says (row -> log recent count)."""
     coefficients = [0.0] * len(REPEAT_COEFFICIENTS)
@@ -296,7 +299,8 @@ def recent_sales_boost(recent: dict[int, float], num_items: int) -> tuple[Scorin
     coefficients[REPEAT_COEFFICIENTS.index("new_item_log_recent_count")] = 1.0
     catalog = np.zeros((num_items, len(ITEM_FEATURES)), np.float32)
     catalog[list(recent), ITEM_FEATURES.index("item_log_recent_count")] = list(recent.values())
-    return ScoringSettings(exclude_seen=False, repeat_coefficients=coefficients), catalog
+    settings = ScoringSettings(exclude_seen=False, repeat_coefficients=coefficients, boost_pool=boost_pool)
+    return settings, catalog
 
 
 def test_learned_score_boosts_new_items_by_the_catalog_features() -> None:
@@ -312,18 +316,85 @@ def test_learned_score_boosts_new_items_by_the_catalog_features() -> None:
     np.testing.assert_array_equal(ids, [[2, 0, 1]])
 
 
-def test_new_item_boost_reorders_only_the_k_best_new_items() -> None:
-    # the service asks an index for k + L candidates, evaluate ranks densely: a boosted item outside the k best
-    # new ones must not enter either list, or the two would differ
+def test_new_item_boost_reorders_only_the_pools_best_new_items() -> None:
+    # the service asks an index for boost_pool + L candidates, evaluate ranks densely: a boosted item outside
+    # the pool's best new ones must not enter either list, or the two would differ
     scores = np.array([[0.9, 0.8, 0.7, 0.1, 0.0]], dtype=np.float32)
     h = history([4], [0])
-    settings, catalog = recent_sales_boost({1: 0.5, 3: 5.0}, 5)
+    settings, catalog = recent_sales_boost({1: 0.5, 3: 5.0}, 5, boost_pool=2)
     lists = [
         rank_candidates(ids, scores[:, ids[0]], h, scores[:, 4:], settings, 2, catalog_features=catalog)[0]
-        for ids in (np.array([[0, 1, 2]]), np.array([[0, 1, 2, 3]]))  # k + L candidates, and more
+        for ids in (np.array([[0, 1, 2]]), np.array([[0, 1, 2, 3]]))  # pool + L candidates, and more
     ]
     np.testing.assert_array_equal(lists[0], [[1, 0]])  # item 1's boost reorders the two best new items
     np.testing.assert_array_equal(lists[1], lists[0])  # item 3 (boost 5, 4th by score) stays out
+    assert settings.candidates_needed(1) == 2 and settings.candidates_needed(3) == 3
+    assert ScoringSettings().candidates_needed(1) == 1  # no boost: k
+
+
+def test_a_shorter_list_is_a_prefix_of_a_longer_one_under_the_learned_boost() -> None:
+    # the service's k=10 list must be the top 10 of evaluate's k=50 list: the pool does not depend on k, and
+    # new items beyond it follow the others (item 3: boost 5, but 4th by score; the pool is the 3 best)
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.0]], dtype=np.float32)
+    h = history([5], [0])
+    settings, catalog = recent_sales_boost({2: 0.5, 3: 5.0}, 6, boost_pool=3)
+    full = rank_dense(scores, h, replace(settings, exclude_seen=True), 5)[0]
+    np.testing.assert_array_equal(full, [[0, 1, 2, 3, 4]])  # rank_dense has no catalog: no boost
+    lists = [
+        rank_candidates(
+            np.array([[0, 1, 2, 3, 4]]),
+            scores[:, :5],
+            h,
+            scores[:, 5:],
+            settings,
+            k,
+            catalog_features=catalog,
+        )[0][0].tolist()
+        for k in (1, 2, 3, 4, 5)
+    ]
+    assert lists[-1] == [2, 0, 1, 5, 3]  # the pool (boosted 2 first), the history item (bias -10), the rest
+    assert all(lists[-1][: len(short)] == short for short in lists)
+
+
+def test_exclusion_keeps_the_learned_new_item_boost_and_never_returns_history_items() -> None:
+    # a shop served without its buyers' own items: history item 3 is out, and the catalog's boost still
+    # reorders the k best new items, the same from a dense ranking and from k + L candidates
+    scores = np.array([[0.9, 0.8, 0.5, 0.95]], dtype=np.float32)
+    h = history([3], [0])
+    learned, catalog = recent_sales_boost({2: 0.5}, 4)
+    settings = ScoringSettings(exclude_seen=True, repeat_coefficients=learned.repeat_coefficients)
+    assert settings.boosted and not settings.learned
+    assert settings.describe() == "exclude seen, learned new-item boost"
+    ids, _ = rank_candidates(
+        np.array([[3, 0, 1, 2]]),
+        scores[:, [3, 0, 1, 2]],
+        h,
+        scores[:, 3:],
+        settings,
+        3,
+        catalog_features=catalog,
+    )
+    np.testing.assert_array_equal(ids, [[2, 0, 1]])  # 0.5/0.95 + 0.5 beats 0.9/0.95; item 3 never returned
+    plain, _ = rank_candidates(
+        np.array([[3, 0, 1, 2]]), scores[:, [3, 0, 1, 2]], h, scores[:, 3:], ScoringSettings(), 3,
+        catalog_features=catalog,
+    )  # fmt: skip
+    np.testing.assert_array_equal(plain, [[0, 1, 2]])
+    # only the pool's best new items are reordered: with a pool of 2, item 2 (third best) is not lifted
+    ids, _ = rank_candidates(
+        np.array([[3, 0, 1, 2]]), scores[:, [3, 0, 1, 2]], h, scores[:, 3:], replace(settings, boost_pool=2), 3,
+        catalog_features=catalog,
+    )  # fmt: skip
+    np.testing.assert_array_equal(ids, [[0, 1, 2]])
+
+
+def test_the_grid_keeps_exclusion_settings_that_differ_in_learned_coefficients() -> None:
+    learned, _ = recent_sales_boost({2: 0.5}, 4)
+    grid = settings_grid(
+        ScoringSettings(exclude_seen=True),
+        {"repeat_coefficients": [None, learned.repeat_coefficients], "repeat_weight": [0.0, 1.0]},
+    )
+    assert [s.boosted for s in grid] == [False, True]
 
 
 def test_repeat_features_ignore_padding_and_unknown_times() -> None:

@@ -263,7 +263,7 @@ def test_the_fit_learns_to_boost_new_items_the_catalog_says_sell_now() -> None:
     catalog[2, recent] = 3.0
     catalog[4, recent] = 1.0  # not among the candidates: the fit must cope with features it never sees
     coefficients = fit_repeat_coefficients(
-        ids, scores, history, history_scores, targets, catalog_features=catalog, k=3
+        ids, scores, history, history_scores, targets, catalog_features=catalog, boost_pool=3
     )
     assert coefficients is not None
     weights = dict(zip(REPEAT_COEFFICIENTS, coefficients, strict=True))
@@ -276,6 +276,53 @@ def test_the_fit_learns_to_boost_new_items_the_catalog_says_sell_now() -> None:
         ids[:1], scores[:1], history.take(slice(0, 1)), history_scores[:1], settings, 3
     )
     assert plain[0, 0] != 2
+
+
+def test_with_seen_items_excluded_the_fit_learns_the_new_item_boost_alone() -> None:
+    # a shop without repeats: buyers take item 2, which the catalog says sells lately, never their own item 5
+    queries = 90
+    ids = np.tile(np.arange(4), (queries, 1))
+    scores = np.tile(np.array([1.0, 0.9, 0.8, 0.7], dtype=np.float32), (queries, 1))
+    history = History(np.full((queries, 1), 5), np.ones((queries, 1), bool))
+    history_scores = np.full((queries, 1), 2.0, dtype=np.float32)  # the method likes item 5 best
+    targets = np.full(queries, 2)
+    catalog = np.zeros((6, len(ITEM_FEATURES)), np.float32)
+    catalog[2, ITEM_FEATURES.index("item_log_recent_count")] = 3.0
+    args = (ids, scores, history, history_scores, targets)
+    # without exclusion nothing is learned here (no target is a history item); with it, the boost is
+    assert fit_repeat_coefficients(*args, catalog_features=catalog, boost_pool=3) is None
+    assert (
+        fit_repeat_coefficients(*args, boost_pool=3, exclude_seen=True) is None
+    )  # no catalog: nothing to learn
+    coefficients = fit_repeat_coefficients(*args, catalog_features=catalog, boost_pool=3, exclude_seen=True)
+    assert coefficients is not None
+    weights = dict(zip(REPEAT_COEFFICIENTS, coefficients, strict=True))
+    assert weights["new_item_log_recent_count"] > 0
+    assert all(weights[name] == 0 for name in REPEAT_COEFFICIENTS[: REPEAT_COEFFICIENTS.index("bias") + 1])
+    settings = ScoringSettings(exclude_seen=True, repeat_coefficients=coefficients)
+    top, _ = rank_candidates(ids[:1], scores[:1], history.take(slice(0, 1)), history_scores[:1], settings, 3,
+                             catalog_features=catalog)  # fmt: skip
+    assert top[0, 0] == 2 and 5 not in top
+
+
+def test_the_learned_boost_is_tried_with_seen_items_excluded() -> None:
+    events, targets, _ = old_once_bought_log()
+    new_item = events.item.copy()
+    new_item[targets] = 11  # every target is item 11: never bought before, the catalog says it sells lately
+    events = EventLog(events.buyer, new_item, events.event, events.timestamp, events.buyer_ids)
+    num_items = 12
+    catalog = np.zeros((num_items, len(ITEM_FEATURES)), np.float32)
+    catalog[11, ITEM_FEATURES.index("item_log_recent_count")] = 5.0
+    dataset = HistoryDataset(events, targets, 100, WEIGHTS)
+    val = split_queries(events, targets, dataset, np.arange(num_items), 100, WEIGHTS, catalog)
+    items = np.arange(11)  # popularity: item 0 first, item 11 never sold
+    ranker = PopularityRanker().fit(Interactions(np.zeros(11), items, 11.0 - items, num_items))
+    plain, _ = choose_served_settings(ranker, val, {}, k=1)
+    assert not plain.boosted
+    settings, trace = choose_served_settings(ranker, val, {"repeat_coefficients": [None, "fit"]}, k=1)
+    assert settings.exclude_seen and settings.boosted  # nothing to learn with seen items allowed
+    assert trace["chosen"] == 1.0
+    assert any(t["scoring"]["exclude_seen"] and t.get("kept") for t in trace["grid"])
 
 
 def test_nothing_is_learned_without_repeat_targets_and_bad_grid_values_are_refused() -> None:

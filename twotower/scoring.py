@@ -18,9 +18,12 @@ the history items), the list is built as follows:
    the buyer's own history of the item (log1p of decayed counts at several half-lives, count, event-weight sum,
    days since its last occurrence; ages measured from the history's newest event, so offline and online agree
    without knowing "now") and the catalog's training-period statistics of the item (:func:`item_features`).
-   New items score ``s + sum_j u_j * g_j`` over the same item statistics, among the method's k best new items
-   only (so any ``k + L`` candidates give the same list). Which of the buyer's items come back, and when new
-   items beat them, is learned.
+   New items score ``s + sum_j u_j * g_j`` over the same item statistics, among the method's ``boost_pool``
+   best new items only; new items beyond them follow all others, by their own score. So any
+   ``max(k, boost_pool) + L`` candidates give the same list, and a shorter list is a prefix of a longer one
+   (the service's k=10 list is the top 10 of evaluate's k=50 lists). Which of the buyer's items come back, and
+   when new items beat them, is learned. With ``exclude_seen`` and learned coefficients, history items are excluded and
+   new items still get that boost (shops without repeats: what sells now still counts).
 4. Top k by final score; ties go to the lower item index (deterministic). With seen items allowed and
    ``max_repeat_items = m``, at most m of the k slots go to history items (the best m by final score); the
    others go to the best new items. Slots left empty (exclusion leaves fewer than k items) hold index -1.
@@ -106,7 +109,9 @@ class ScoringSettings:
         new-item recall of repeat-blended lists collapses (experiments/RESULTS.md).
     repeat_coefficients: a learned repeat score (one value per name in :data:`REPEAT_COEFFICIENTS`, fitted on
         val) that replaces ``repeat_weight``/``half_life_days``/``event_weighted`` for history items and adds
-        the catalog's item features to new items' scores; None = the configured score above.
+        the catalog's item features to new items' scores; None = the configured score above. With
+        ``exclude_seen`` only the new items' part applies.
+    boost_pool: how many of the method's best new items the learned boost may reorder (the rest follow them).
     """
 
     exclude_seen: bool = True
@@ -115,6 +120,7 @@ class ScoringSettings:
     event_weighted: bool = True
     max_repeat_items: int | None = None
     repeat_coefficients: tuple[float, ...] | None = None
+    boost_pool: int = 50
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.repeat_weight) or self.repeat_weight < 0:
@@ -124,6 +130,9 @@ class ScoringSettings:
         cap = self.max_repeat_items
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
             raise ValueError(f"scoring.max_repeat_items must be an integer >= 0 or null, got {cap!r}")
+        pool = self.boost_pool
+        if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
+            raise ValueError(f"scoring.boost_pool must be an integer >= 1, got {pool!r}")
         coefficients = self.repeat_coefficients
         if coefficients is not None:
             if isinstance(coefficients, str | bytes) or not isinstance(coefficients, Sequence):
@@ -151,6 +160,16 @@ class ScoringSettings:
         return not self.exclude_seen and self.repeat_coefficients is not None
 
     @property
+    def boosted(self) -> bool:
+        """Whether new items get the learned boost from the catalog's item features (learned coefficients,
+        with or without exclusion)."""
+        return self.repeat_coefficients is not None
+
+    def candidates_needed(self, k: int) -> int:
+        """How many of the method's best items (besides the history's) a list of ``k`` needs to be exact."""
+        return max(k, self.boost_pool) if self.boosted else k
+
+    @property
     def uses_repeat(self) -> bool:
         """Whether history items get a configured repeat score (:func:`repeat_scores`)."""
         return not self.exclude_seen and not self.learned and self.repeat_weight > 0
@@ -172,7 +191,7 @@ class ScoringSettings:
 
     def describe(self) -> str:
         if self.exclude_seen:
-            return "exclude seen"
+            return "exclude seen" + (", learned new-item boost" if self.boosted else "")
         cap = "" if self.max_repeat_items is None else f", at most {self.max_repeat_items} seen per list"
         if self.learned:
             return f"seen allowed, learned repeat score{cap}"
@@ -411,8 +430,9 @@ def best_new_items(
     pool_ids: np.ndarray, pool: np.ndarray, valid: np.ndarray, width: int, k: int
 ) -> np.ndarray:
     """bool [B, C]: the ``k`` best new items of a :func:`candidate_pool` (its columns after the ``width`` history
-    ones) by the method's score, ties to the lower index. The learned new-item boost reorders these only, so a
-    list is the same from any ``k + L`` candidates (an index's answer, a dense ranking)."""
+    ones) by the method's score, ties to the lower index. The learned new-item boost reorders the
+    ``boost_pool`` best only, so a list is the same from any ``max(k, boost_pool) + L`` candidates (an index's
+    answer, a dense ranking)."""
     scores = np.where(valid[:, width:], pool[:, width:], -np.inf)
     order = np.lexsort((pool_ids[:, width:], -scores), axis=1)[:, :k]
     best = np.zeros(scores.shape, dtype=bool)
@@ -433,7 +453,7 @@ def rank_candidates(
     """Top-k ``(ids int64 [B, k], scores float32 [B, k])`` from candidates and the history (see module doc).
 
     candidate_ids / candidate_scores ``[B, C]``: e.g. an index's answer (-1 = empty slot). Exact results need
-    the ``k + L`` best items (``L`` = history width). history_scores ``[B, L]``: the model's score of each
+    the ``settings.candidates_needed(k) + L`` best items (``L`` = history width). history_scores ``[B, L]``: the model's score of each
     history item (used for history items whether or not they are among the candidates). ``repeat``: a
     precomputed :func:`repeat_scores` for these settings, or :func:`repeat_features` for learned settings (saves
     work when many settings are tried). ``catalog_features``: the catalog's :func:`item_features`, for learned
@@ -448,18 +468,22 @@ def rank_candidates(
     elif settings.learned:
         features = repeat_features(history, catalog_features) if repeat is None else repeat
         pool[:, :width] = learned_repeat_scores(features, pool[:, :width], settings.repeat_coefficients)
-        boost = learned_new_item_boost(pool_ids[:, width:], catalog_features, settings.repeat_coefficients)
-        if boost.any():
-            valid[:, width:] &= best_new_items(pool_ids, pool, valid, width, k)
-            pool[:, width:] += boost
     elif settings.repeat_weight > 0:
         if repeat is None:
             repeat = repeat_scores(history, settings.half_life_days, settings.event_weighted)
         peak = repeat.max(axis=1, initial=0.0)
         share = np.divide(repeat, peak[:, None], out=np.zeros(repeat.shape), where=peak[:, None] > 0)
         pool[:, :width] += settings.repeat_weight * share
+    tier = np.zeros(pool.shape, dtype=np.int8)  # 0 first; 1: new items beyond the boost pool; 2: invalid
+    if settings.boosted:
+        boost = learned_new_item_boost(pool_ids[:, width:], catalog_features, settings.repeat_coefficients)
+        if boost.any():
+            in_pool = best_new_items(pool_ids, pool, valid, width, settings.boost_pool)
+            pool[:, width:] += np.where(in_pool, boost, 0.0)
+            tier[:, width:] = ~in_pool
+    tier[~valid] = 2
     pool = np.where(valid, pool, -np.inf)
-    order = np.lexsort((pool_ids, -pool), axis=1)  # score desc, then index asc
+    order = np.lexsort((pool_ids, -pool, tier), axis=1)  # tier, then score desc, then index asc
     if not settings.exclude_seen and settings.max_repeat_items is not None:
         # history items are the first `width` pool columns: keep the best max_repeat_items of them; the others
         # become invalid and move behind every candidate (their slots go to the best new items)
@@ -491,7 +515,7 @@ def rank_dense(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`rank_candidates` over a dense score matrix ``[B, N]`` (every item is a candidate)."""
     dense = scores.numpy() if torch.is_tensor(scores) else np.asarray(scores)
-    ids = top_candidates(dense, k + history.items.shape[1])
+    ids = top_candidates(dense, settings.candidates_needed(k) + history.items.shape[1])
     return rank_candidates(
         ids, np.take_along_axis(dense, ids, axis=1), history, history_scores_of(dense, history), settings, k
     )
@@ -499,7 +523,7 @@ def rank_dense(
 
 def settings_grid(base: ScoringSettings, grid: Mapping[str, Sequence[Any]] | None) -> list[ScoringSettings]:
     """Every combination of ``grid`` (field -> values) applied to ``base``, without equivalent duplicates
-    (with exclusion, the other fields change nothing; without a repeat weight, only ``max_repeat_items``)."""
+    (with exclusion, only ``repeat_coefficients`` matters; without a repeat weight, only ``max_repeat_items``)."""
     grid = dict(grid or {})
     names = list(grid)
     out: list[ScoringSettings] = []
@@ -507,7 +531,7 @@ def settings_grid(base: ScoringSettings, grid: Mapping[str, Sequence[Any]] | Non
     for values in itertools.product(*(list(grid[n]) for n in names)):
         settings = replace(base, **dict(zip(names, values, strict=True)))
         key = (
-            (True,)
+            (True, settings.repeat_coefficients)
             if settings.exclude_seen
             else (False, 0.0, settings.max_repeat_items)
             if not settings.repeat_weight and not settings.learned

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from twotower.scoring import REPEAT_COEFFICIENTS, ScoringSettings
 from twotower.serving.recommender import Query, QueryError, Recommendation, Recommender
 
 
@@ -188,3 +189,16 @@ def test_max_interactions_defaults_to_the_request_schemas_limit_and_cannot_excee
     assert RecommenderSettings().max_interactions == MAX_INTERACTIONS
     with pytest.raises(ValueError, match="max_interactions"):
         RecommenderSettings(max_interactions=MAX_INTERACTIONS + 1)
+
+
+def test_a_request_that_switches_exclusion_drops_the_bundles_learned_coefficients(tiny_bundle: Path) -> None:
+    # the coefficients were fitted for the bundle's own exclusion setting; the other one goes without them
+    rec = Recommender.from_bundle(tiny_bundle)
+    learned = ScoringSettings(
+        exclude_seen=False, repeat_coefficients=(0.1,) * len(REPEAT_COEFFICIENTS), boost_pool=7
+    )
+    rec.scoring = learned
+    assert rec.settings_for(Query(["p1"], ["view"], k=3)) is learned
+    assert rec.settings_for(Query(["p1"], ["view"], k=3, exclude_seen=False)) is learned
+    switched = rec.settings_for(Query(["p1"], ["view"], k=3, exclude_seen=True))
+    assert switched.exclude_seen and not switched.boosted and switched.boost_pool == 7

@@ -22,6 +22,8 @@ from twotower.serving.recommender import Query, Recommender
 
 MAX_HISTORY = 6  # shorter than most histories below: both sides must keep the same latest items
 K = 10
+LONG = 25  # evaluate ranks lists as long as its largest k: the service's top K must be their prefix
+LEARNED = (0.3, -0.2, 0.5, 0.1, 0.8, -0.05, -0.4, 0.2, -0.3, 0.4, 0.5, -0.3, 0.05, 0.1, 0.1)
 
 
 def event_log(num_items: int, num_buyers: int = 40, seed: int = 0) -> tuple[EventLog, np.ndarray]:
@@ -50,28 +52,11 @@ def event_log(num_items: int, num_buyers: int = 40, seed: int = 0) -> tuple[Even
         ScoringSettings(exclude_seen=False, repeat_weight=1000.0, half_life_days=7.0, max_repeat_items=2),
         # a learned repeat score: every feature matters (recency, counts, days since last, the catalog's item
         # statistics, also as new items' boost) and the bias puts history items among the new ones: lists mix both
-        ScoringSettings(
-            exclude_seen=False,
-            repeat_coefficients=(
-                0.3,
-                -0.2,
-                0.5,
-                0.1,
-                0.8,
-                -0.05,
-                -0.4,
-                0.2,
-                -0.3,
-                0.4,
-                0.5,
-                -0.3,
-                0.05,
-                0.1,
-                0.1,
-            ),
-        ),
+        # the boost's pool (12) lies between K and LONG: lists of K and of LONG reorder the same new items
+        ScoringSettings(exclude_seen=False, repeat_coefficients=LEARNED, boost_pool=12),
+        ScoringSettings(exclude_seen=True, repeat_coefficients=LEARNED, boost_pool=12),
     ],
-    ids=["exclusion", "repeat", "repeat-capped", "learned"],
+    ids=["exclusion", "repeat", "repeat-capped", "learned", "exclusion-boosted"],
 )
 @pytest.mark.parametrize(
     "tower",
@@ -102,10 +87,10 @@ def test_evaluate_and_retrieve_rank_identically(make_bundle, settings: ScoringSe
         events, targets, dataset, identity, MAX_HISTORY, weights, item_features(bundle.catalog)
     )
     ranker = ModelRanker(load_buyer_tower(bundle.checkpoint_path), bundle.embeddings)
-    candidates = candidates_of(ranker, queries, K, batch_size=16)
-    offline = rank_split(candidates, queries, settings, K, 16)
-    if settings.learned:  # the catalog's statistics change these lists (parity below covers them)
-        without = rank_split(candidates, replace(queries, catalog_features=None), settings, K, 16)
+    candidates = candidates_of(ranker, queries, settings.candidates_needed(LONG), batch_size=16)
+    offline = rank_split(candidates, queries, settings, LONG, 16)[:, :K]
+    if settings.boosted:  # the catalog's statistics change these lists (parity below covers them)
+        without = rank_split(candidates, replace(queries, catalog_features=None), settings, LONG, 16)[:, :K]
         assert not np.array_equal(without, offline)
 
     # the service: the buyer's whole history before the target, as a client would send it (oldest first)

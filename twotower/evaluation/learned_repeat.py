@@ -8,6 +8,9 @@ Dividing by ``a`` leaves new items at their own score ``s`` plus a boost, as ser
 val decide which of the buyer's items come back and when new items beat them: per shop, per method, without a
 hand-set repeat weight.
 
+With ``exclude_seen`` (a shop served without its buyers' own items) history items are never in the pool: only
+the new items' part (``a`` and ``u``) is fitted and the history coefficients are 0.
+
 Example:
     >>> coefficients = fit_repeat_coefficients(ids, scores, history, history_scores, targets)  # doctest: +SKIP
     >>> ScoringSettings(exclude_seen=False, repeat_coefficients=coefficients)  # doctest: +SKIP
@@ -48,7 +51,8 @@ def fit_repeat_coefficients(
     *,
     features: np.ndarray | None = None,
     catalog_features: np.ndarray | None = None,
-    k: int | None = None,
+    boost_pool: int | None = None,
+    exclude_seen: bool = False,
     max_queries: int = 20_000,
     l2: float = 1e-3,
     seed: int = 0,
@@ -59,10 +63,14 @@ def fit_repeat_coefficients(
 
     Inputs as :func:`twotower.scoring.rank_candidates` takes them, plus ``targets`` int64 [Q]; ``features``:
     a precomputed :func:`repeat_features` of ``history`` (else computed with ``catalog_features``, the catalog's
-    :func:`item_features`, which also give new items their boost); ``k``: the list length served, whose k best
-    new items alone get the boost (as :func:`rank_candidates` does). At most ``max_queries`` queries (a seeded
-    sample) fit.
+    :func:`item_features`, which also give new items their boost); ``boost_pool``: the settings' ``boost_pool``,
+    the number of best new items the boost may reorder (as :func:`rank_candidates` does; the others are left
+    out of the fit); ``exclude_seen``: history items are
+    excluded (fit the new items' boost alone; None without ``catalog_features``). At most ``max_queries``
+    queries (a seeded sample) fit.
     """
+    if exclude_seen and catalog_features is None:
+        return None  # nothing to learn: the new items' order is the method's
     targets = np.asarray(targets, dtype=np.int64)
     if len(targets) > max_queries:
         rows = np.sort(np.random.default_rng(seed).choice(len(targets), max_queries, replace=False))
@@ -71,18 +79,20 @@ def fit_repeat_coefficients(
         features = None if features is None else features[rows]
     pool_ids, pool, valid = candidate_pool(candidate_ids, candidate_scores, history, history_scores)
     width = history.items.shape[1]
-    if k is not None and catalog_features is not None:  # as served: the boost reorders the k best new items
-        valid[:, width:] &= best_new_items(pool_ids, pool, valid, width, k)
+    if exclude_seen:
+        valid[:, :width] = False
+    if boost_pool is not None and catalog_features is not None:  # as served: the boost reorders these only
+        valid[:, width:] &= best_new_items(pool_ids, pool, valid, width, boost_pool)
     hit = (pool_ids == targets[:, None]) & valid
     usable = hit.any(axis=1)
-    if usable.sum() < MIN_QUERIES or not hit[:, :width].any():
+    if usable.sum() < MIN_QUERIES or not (exclude_seen or hit[:, :width].any()):
         return None
     if features is None:
         features = repeat_features(history, catalog_features)
     features = features[usable].astype(np.float64)
     history_valid = valid[usable, :width]
     # standardize over the real history items (better conditioned for L-BFGS); folded back below
-    seen = features[history_valid]
+    seen = features[history_valid] if history_valid.any() else np.zeros((1, features.shape[-1]))
     mean, std = seen.mean(axis=0), seen.std(axis=0) + 1e-6
     x = torch.from_numpy(np.where(history_valid[..., None], (features - mean) / std, 0.0))
     # the new candidates' catalog features (zeros without a catalog), standardized over the real candidates
@@ -106,7 +116,11 @@ def fit_repeat_coefficients(
     raw_new = torch.tensor(
         math.log(math.expm1(1.0 - MIN_NEW_WEIGHT)), dtype=torch.float64, requires_grad=True
     )
-    optimizer = torch.optim.LBFGS([w, c_score, bias, raw_new, u], max_iter=200, line_search_fn="strong_wolfe")
+    # excluded history items: their coefficients stay 0 (their logits are masked out anyway)
+    fitted = [raw_new, u] if exclude_seen else [w, c_score, bias, raw_new, u]
+    if exclude_seen:
+        c_score.requires_grad_(False).zero_()
+    optimizer = torch.optim.LBFGS(fitted, max_iter=200, line_search_fn="strong_wolfe")
 
     def new_weight() -> torch.Tensor:
         return MIN_NEW_WEIGHT + F.softplus(raw_new)
@@ -128,7 +142,7 @@ def fit_repeat_coefficients(
         return None
     # fold the standardization back; the new items' constant (u . mean / std) moves into the history bias
     weights = values[0] / std / scale
-    new_constant = float((values[3] * new_mean / new_std).sum())
+    new_constant = 0.0 if exclude_seen else float((values[3] * new_mean / new_std).sum())
     offset = (values[2] - float((values[0] * mean / std).sum()) + new_constant) / scale
     new_weights = values[3] / new_std / scale
     return (*(float(v) for v in weights), values[1] / scale, offset, *(float(v) for v in new_weights))

@@ -5,7 +5,8 @@ scoring function (:mod:`twotower.scoring`). Each ranker scores a split once: its
 ``k + L`` items and the history items' scores) are kept, and every scoring setting of the grid is ranked from
 them - exactly what ranking from the dense scores gives (see :func:`twotower.scoring.rank_dense`).
 
-A repeat grid may list ``repeat_coefficients: [null, fit]``: ``fit`` learns the repeat score on val
+A repeat grid may list ``repeat_coefficients: [null, fit]``: ``fit`` learns the repeat score on val (with
+seen items excluded, only its new-item boost)
 (:mod:`twotower.evaluation.learned_repeat`). It is fitted on the first half of the val queries and kept only if
 it beats the grid's best on the second half (queries are in buyer order, so the halves share almost no buyer);
 then it is refitted on all of val.
@@ -168,8 +169,10 @@ def _settings_for(spec: MethodSpec, exclude: bool) -> tuple[list[ScoringSettings
     base = replace(
         spec.fixed or ScoringSettings(), exclude_seen=exclude, repeat_weight=0.0, repeat_coefficients=None
     )
-    grid = dict(spec.repeat_grid or {}) if not exclude else {}
+    grid = dict(spec.repeat_grid or {})
     coefficients = list(grid.pop("repeat_coefficients", [None]))
+    if exclude:
+        grid = {}  # the repeat fields change nothing when seen items are excluded; the learned boost does
     if any(c not in (None, FIT) for c in coefficients):
         raise ValueError(
             f"{spec.name}: a repeat grid's repeat_coefficients may list null and {FIT!r} (learn on val); "
@@ -202,10 +205,11 @@ def _learned_choice(
             val.targets[rows],
             features=features[rows],
             catalog_features=val.catalog_features,
-            k=k,
+            boost_pool=grid_best.boost_pool,
+            exclude_seen=grid_best.exclude_seen,
         )
 
-    base = replace(grid_best, exclude_seen=False, repeat_weight=0.0, max_repeat_items=None)
+    base = replace(grid_best, repeat_weight=0.0, max_repeat_items=None)
     coefficients = fit(slice(0, half)) if half else None
     if coefficients is None:
         return None
@@ -237,7 +241,9 @@ def tune_method(
     fitted: dict[str, Any] = {}
     for params in spec.grid:
         ranker = fitted.setdefault(repr(sorted(params.items())), fit(spec.make(params)))
-        candidates = candidates_of(ranker, val, k, batch_size)
+        # enough candidates for a learned boost's pool too (every setting tried shares the base's boost_pool)
+        pool = (spec.fixed or ScoringSettings()).boost_pool
+        candidates = candidates_of(ranker, val, max(k, pool), batch_size)
         for exclude in exclusions:
             grid, learn = _settings_for(spec, exclude)
             # the best of this ranker's grid: (val recall, settings, val lists)
@@ -327,7 +333,8 @@ def tune_and_rank(
             runs = [(spec.name, False)] + ([("model_index", True)] if use_index and spec is specs[0] else [])
             for name, through_index in runs:
                 started = time.perf_counter()
-                candidates = candidates_of(ranker, test, max_k, batch_size, use_index=through_index)
+                count = choice.settings.candidates_needed(max_k)
+                candidates = candidates_of(ranker, test, count, batch_size, use_index=through_index)
                 if use_index and spec is specs[0]:  # exact vs index: the scoring seconds of both
                     index_meta[f"{name}_seconds_exclude_seen={str(exclude).lower()}"] = (
                         time.perf_counter() - started

@@ -290,10 +290,11 @@ class Recommender:
         )
 
     def settings_for(self, query: Query) -> ScoringSettings:
-        """The bundle's scoring settings, with the request's exclusion when it sets one."""
+        """The bundle's scoring settings, with the request's exclusion when it sets one (learned coefficients
+        were fitted for the bundle's own exclusion setting: the other one goes without them)."""
         if query.exclude_seen is None or query.exclude_seen == self.scoring.exclude_seen:
             return self.scoring
-        return replace(self.scoring, exclude_seen=bool(query.exclude_seen))
+        return replace(self.scoring, exclude_seen=bool(query.exclude_seen), repeat_coefficients=None)
 
     @staticmethod
     def _history(prepared: Sequence[_Prepared]) -> History:
@@ -445,9 +446,10 @@ class Recommender:
         settings: ScoringSettings,
         out: list[Recommendation | QueryError],
     ) -> None:
-        # One batched search of the k + L best (what the scoring function needs to be exact).
+        # One batched search of the k + L best (with a learned boost, its pool + L): what the scoring function
+        # needs to be exact.
         pending = list(range(len(warm)))
-        fetch = max(q.k + len(p.rows) for _, q, p in warm)
+        fetch = max(settings.candidates_needed(q.k) + len(p.rows) for _, q, p in warm)
         while pending:
             fetch = min(fetch, self.num_items)
             scores, ids = self.index.search(vectors[pending], fetch)
@@ -467,7 +469,7 @@ class Recommender:
         self, query: Query, p: _Prepared, vector: np.ndarray, allowed: np.ndarray
     ) -> Recommendation:
         settings = self.settings_for(query)
-        need = query.k + len(p.rows)
+        need = settings.candidates_needed(query.k) + len(p.rows)
 
         def ranked(ids: np.ndarray, scores: np.ndarray) -> list[int]:
             top = self._rank([p], vector[None, :], ids[None, :], scores[None, :], settings, query.k, allowed)
