@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 
 from tests.conftest import compose_config
 from twotower.assembly import RUNTIME_ARGS, build_run
-from twotower.config import ConfigError, check_k_values, validate_config
+from twotower.config import ConfigError, check_k_values, epochs_for_budget, validate_config
 from twotower.model.buyer_tower import BuyerTower
 from twotower.train import train
 
@@ -120,6 +120,39 @@ def test_bf16_mixed_on_cpu_and_bundle_refresh_on_best_epoch(tiny_config, tmp_pat
     manifest = json.loads((tmp_path / "run" / "bundle" / "manifest.json").read_text())
     assert manifest["metrics"]["val/recall@10"] == pytest.approx(metrics["val/recall@10"])
     assert not (tmp_path / "outputs" / "latest").exists()  # refreshes do not move outputs/latest
+
+
+def test_epochs_come_from_the_training_target_budget_within_the_caps():
+    # the default budget (1.1M targets) on the three datasets of RESULTS: Online Retail, MovieLens 100K, sample
+    assert epochs_for_budget(1_100_000, 218_409, 1, 15) == 5
+    assert epochs_for_budget(1_100_000, 78_294, 1, 15) == 14
+    assert epochs_for_budget(1_100_000, 78_294, 1, 12) == 12  # capped by trainer.max_epochs
+    assert epochs_for_budget(1_100_000, 24_044, 1, 15) == 15
+    assert epochs_for_budget(1_100_000, 9_000_000, 1, 15) == 1  # a large shop: at least min_epochs
+    assert epochs_for_budget(1_100_000, 9_000_000, 2, 15) == 2
+    assert epochs_for_budget(None, 24_044, 1, 15) == 15  # null: exactly trainer.max_epochs
+    assert epochs_for_budget(1_100_000, 0, 1, 15) == 15
+    assert epochs_for_budget(1_100_000, 24_044, 1, None) == 46  # no cap (Lightning's None / -1)
+    assert epochs_for_budget(1_100_000, 24_044, 1, -1) == 46
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "lots", "true", "2.5"])
+def test_a_bad_epoch_budget_fails_before_the_data_loads(tiny_config, monkeypatch, value):
+    loaded = []
+    monkeypatch.setattr("twotower.assembly.instantiate", lambda *a, **k: loaded.append(a))
+    with pytest.raises(ConfigError, match="epoch_budget_targets must be a number of training targets"):
+        build_run(tiny_config(f"epoch_budget_targets={value}"))
+    assert not loaded
+
+
+def test_the_trainer_gets_the_budgets_epochs_and_the_run_config_records_them(tiny_config):
+    run = build_run(tiny_config("epoch_budget_targets=null", "trainer.max_epochs=7", "logger=[]"))
+    assert run.trainer.max_epochs == 7 and run.config["trainer"]["max_epochs"] == 7
+    targets = len(run.datamodule.examples.positions["train"])
+    run = build_run(tiny_config(f"epoch_budget_targets={3 * targets}", "trainer.max_epochs=7", "logger=[]"))
+    assert run.trainer.max_epochs == 3 and run.config["trainer"]["max_epochs"] == 3
+    run = build_run(tiny_config(f"epoch_budget_targets={30 * targets}", "trainer.max_epochs=7", "logger=[]"))
+    assert run.trainer.max_epochs == 7  # capped
 
 
 def test_matmul_precision_typo_fails_before_any_work(tiny_config, monkeypatch):

@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from twotower.callbacks import BundleExporter
-from twotower.config import validate_config
+from twotower.config import check_epoch_budget, epochs_for_budget, validate_config
 from twotower.data.datamodule import TwoTowerDataModule
 
 log = logging.getLogger(__name__)
@@ -76,14 +76,30 @@ def instantiate_group(group: DictConfig | None, **runtime: Any) -> list[Any]:
 
 def build_run(cfg: DictConfig) -> Run:
     validate_config(cfg, RUNTIME_ARGS)
+    budget = check_epoch_budget(cfg.get("epoch_budget_targets"))
     datamodule: TwoTowerDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build_model(cfg.model, datamodule)
     config = OmegaConf.to_container(cfg, resolve=True)
+    epochs = epochs_for_budget(
+        budget,
+        len(datamodule.examples.positions["train"]),
+        cfg.trainer.get("min_epochs"),
+        cfg.trainer.get("max_epochs"),
+    )
+    if budget is not None:
+        log.info(
+            "training for %s epochs: about %d training targets (epoch_budget_targets) over %d a pass, at most "
+            "trainer.max_epochs=%s", epochs, budget, len(datamodule.examples.positions["train"]),
+            cfg.trainer.max_epochs,
+        )  # fmt: skip
+    config["trainer"]["max_epochs"] = epochs  # what the run trained (manifest, hparams)
     callbacks = instantiate_group(cfg.get("callbacks"), run_config=config)
     loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, max_epochs=epochs, callbacks=callbacks, logger=loggers or False
+    )
     exporter = next((c for c in callbacks if isinstance(c, BundleExporter)), None)
     return Run(datamodule, model, trainer, exporter, config)
 

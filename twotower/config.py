@@ -42,6 +42,30 @@ def check_matmul_precision(value: Any, key: str = "float32_matmul_precision") ->
     return value
 
 
+def check_epoch_budget(value: Any, key: str = "epoch_budget_targets") -> int | None:
+    """``value`` if it is a number of training targets (an int >= 1) or None (train ``trainer.max_epochs``)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(
+            f"{key} must be a number of training targets >= 1 (e.g. 1100000), or null to train exactly "
+            f"trainer.max_epochs; got {value!r}"
+        )
+    return value
+
+
+def epochs_for_budget(
+    budget: int | None, train_targets: int, min_epochs: int | None, max_epochs: int | None
+) -> int | None:
+    """Epochs that show the model about ``budget`` training targets in all, within [min_epochs, max_epochs].
+
+    A small shop gets more passes over its data than a large one (early stopping may still end a run sooner);
+    ``budget`` None, or no training targets, gives ``max_epochs`` unchanged (None or -1: Lightning's own meaning).
+    """
+    if budget is None or train_targets < 1:
+        return max_epochs
+    epochs = max(min_epochs or 1, round(budget / train_targets))
+    return epochs if max_epochs is None or max_epochs < 0 else min(max_epochs, epochs)
+
+
 def _matches(value: Any, annotation: Any) -> bool:
     if annotation is Any or annotation is inspect.Parameter.empty:
         return True
