@@ -100,8 +100,8 @@ def run_one(name: str, overrides: list[str], data: list[str], epochs: int | None
         f"paths.root_dir={work / 'root'}",
         "callbacks.embedding_projector=null",
     ]
-    if epochs is not None:
-        train_cmd.append(f"trainer.max_epochs={epochs}")
+    if epochs is not None:  # exactly this many (not a cap of the default epoch budget)
+        train_cmd += ["epoch_budget_targets=null", f"trainer.max_epochs={epochs}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     with open(run_dir / "train.log", "w") as log:
@@ -181,7 +181,12 @@ def main() -> None:
     )
     parser.add_argument("--data", choices=sorted(DATA), default="online_retail")
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, from {list(RUNS)}")
-    parser.add_argument("--epochs", type=int, default=None, help="trainer.max_epochs (default: the config's)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="train exactly this many epochs (default: the config's epoch budget)",
+    )
     parser.add_argument(
         "--out", type=Path, default=None, help="JSONs; default experiments/results/ablation/<data>"
     )
