@@ -82,17 +82,12 @@ def build_run(cfg: DictConfig) -> Run:
     datamodule.setup("fit")
     model = build_model(cfg.model, datamodule)
     config = OmegaConf.to_container(cfg, resolve=True)
-    epochs = epochs_for_budget(
-        budget,
-        len(datamodule.examples.positions["train"]),
-        cfg.trainer.get("min_epochs"),
-        cfg.trainer.get("max_epochs"),
-    )
+    train_targets, cap = len(datamodule.examples.positions["train"]), cfg.trainer.get("max_epochs")
+    epochs = epochs_for_budget(budget, train_targets, cfg.trainer.get("min_epochs"), cap)
     if budget is not None:
         log.info(
             "training for %s epochs: about %d training targets (epoch_budget_targets) over %d a pass, at most "
-            "trainer.max_epochs=%s", epochs, budget, len(datamodule.examples.positions["train"]),
-            cfg.trainer.max_epochs,
+            "trainer.max_epochs=%s", epochs, budget, train_targets, cap,
         )  # fmt: skip
     config["trainer"]["max_epochs"] = epochs  # what the run trained (manifest, hparams)
     callbacks = instantiate_group(cfg.get("callbacks"), run_config=config)

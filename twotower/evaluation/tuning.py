@@ -239,11 +239,11 @@ def tune_method(
     best: dict[bool, Choice] = {}
     trace: list[dict[str, Any]] = []
     fitted: dict[str, Any] = {}
+    # enough candidates for a learned boost's pool too (every setting tried shares the base's boost_pool)
+    count = max(k, (spec.fixed or ScoringSettings()).boost_pool)
     for params in spec.grid:
         ranker = fitted.setdefault(repr(sorted(params.items())), fit(spec.make(params)))
-        # enough candidates for a learned boost's pool too (every setting tried shares the base's boost_pool)
-        pool = (spec.fixed or ScoringSettings()).boost_pool
-        candidates = candidates_of(ranker, val, max(k, pool), batch_size)
+        candidates = candidates_of(ranker, val, count, batch_size)
         for exclude in exclusions:
             grid, learn = _settings_for(spec, exclude)
             # the best of this ranker's grid: (val recall, settings, val lists)
