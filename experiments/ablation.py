@@ -1,6 +1,8 @@
 """Ablation of the model, one factor at a time from the default: train + evaluate per run, one JSON each.
 
     PYTHONPATH=. python experiments/ablation.py --data online_retail [--runs default,text_only] [--epochs 6]
+    PYTHONPATH=. python experiments/ablation.py --data-dir DIR   # any events.csv + products.csv, e.g. from
+                                                                  # experiments/movielens_data.py --out DIR
 
 Resumable: a run whose JSON exists under --out is skipped; delete the JSON to rerun it. Each JSON holds the
 command lines, the training wall time, training throughput (targets/s, from the module's
@@ -29,14 +31,18 @@ ONLINE_RETAIL = next(
     ROOT.parent / "shared" / "data" / "online_retail",
 )
 
-DATA = {
-    "sample": [],
-    "online_retail": [
+
+
+def csv_data(directory: Path) -> list[str]:
+    """The overrides that train on a directory holding events.csv and products.csv (the seeds' raw format)."""
+    return [
         "data=csv",
-        f"data.events_path={ONLINE_RETAIL / 'events.csv'}",
-        f"data.products_path={ONLINE_RETAIL / 'products.csv'}",
-    ],
-}
+        f"data.events_path={directory / 'events.csv'}",
+        f"data.products_path={directory / 'products.csv'}",
+    ]
+
+
+DATA = {"sample": [], "online_retail": csv_data(ONLINE_RETAIL)}
 
 # name -> overrides from the default (one factor at a time)
 RUNS: dict[str, list[str]] = {
@@ -180,6 +186,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", choices=sorted(DATA), default="online_retail")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="train on DIR/events.csv + DIR/products.csv instead of --data; results go under DIR's name",
+    )
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, from {list(RUNS)}")
     parser.add_argument(
         "--epochs",
@@ -193,8 +205,15 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print the finished runs as a markdown table")
     parser.add_argument("--work", type=Path, default=None, help="runs (checkpoints, bundles); default /tmp")
     args = parser.parse_args()
-    out = (args.out or ROOT / "experiments" / "results" / "ablation" / args.data).resolve()
-    work = (args.work or Path("/tmp") / "twotower_ablation" / args.data).resolve()
+    if args.data_dir is not None:
+        missing = [n for n in ("events.csv", "products.csv") if not (args.data_dir / n).is_file()]
+        if missing:
+            raise SystemExit(f"--data-dir {args.data_dir}: no {' or '.join(missing)} there")
+        data_name, data = args.data_dir.resolve().name, csv_data(args.data_dir.resolve())
+    else:
+        data_name, data = args.data, DATA[args.data]
+    out = (args.out or ROOT / "experiments" / "results" / "ablation" / data_name).resolve()
+    work = (args.work or Path("/tmp") / "twotower_ablation" / data_name).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.table:
         print(table(out))
@@ -207,7 +226,7 @@ def main() -> None:
             print(f"{name}: done already ({path})")
             continue
         print(f"{name}: running ...", flush=True)
-        result = run_one(name, RUNS[name], DATA[args.data], args.epochs, work)
+        result = run_one(name, RUNS[name], data, args.epochs, work)
         path.write_text(json.dumps(result, indent=2))
         model = result["evaluate"]["model"]
         print(f"{name}: recall@10 {model['recall@10']:.4f}, {result['train_wall_s']:.0f} s", flush=True)
