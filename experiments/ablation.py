@@ -32,7 +32,6 @@ ONLINE_RETAIL = next(
 )
 
 
-
 def csv_data(directory: Path) -> list[str]:
     """The overrides that train on a directory holding events.csv and products.csv (the seeds' raw format)."""
     return [

@@ -1,0 +1,100 @@
+"""Would item-kNN help the model find new items? Re-rank the model's best new items by a co-occurrence score.
+
+For every val and test query of a bundle's data: the model's `pool` best items outside the buyer's history
+(the list the service returns with seen items excluded, before any learned boost), re-ranked by
+`model score / 0.1 + w * knn / max knn in the pool`, the kNN score being whole-history item-kNN over the
+training period (as `twotower.evaluate`'s `item_knn`). Prints recall@10 for each w; w = 0 is the model's own list
+and a large w orders the pool by kNN alone. Also the plain kNN list (seen excluded) for reference.
+
+    PYTHONPATH=. python experiments/knn_rerank_check.py BUNDLE [--weighting idf] [data overrides...]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+
+from twotower.evaluate import _interactions, select_data_config
+from twotower.evaluation.knn import WEIGHTINGS, ItemKNNRanker
+from twotower.evaluation.queries import catalog_mapping, split_queries
+from twotower.evaluation.rankers import ModelRanker
+from twotower.model.buyer_tower import load_buyer_tower
+from twotower.retrieval.bundle import load_bundle
+
+WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 1000.0)
+
+
+def seen_mask(items: np.ndarray, mask: np.ndarray, num_items: int) -> np.ndarray:
+    """bool [B, N]: the item is in the query's history."""
+    seen = np.zeros((len(items), num_items), dtype=bool)
+    rows = np.broadcast_to(np.arange(len(items))[:, None], items.shape)
+    seen[rows[mask], items[mask]] = True
+    return seen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--weighting", choices=WEIGHTINGS, default="cosine")
+    parser.add_argument("--pool", type=int, default=50)
+    args, overrides = parser.parse_known_args()
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose(
+            "evaluate",
+            overrides=[
+                f"bundle={args.bundle}",
+                "paths.output_dir=/tmp/knn_rerank_check",  # the data report goes there
+                *overrides,
+            ],
+            return_hydra_config=True,
+        )
+    HydraConfig.instance().set_config(cfg)  # the config interpolates hydra.runtime paths
+    bundle = load_bundle(cfg.bundle, load_index=False)
+    dm = instantiate(select_data_config(cfg, bundle.data_config, overridden=bool(overrides)))
+    dm.prepare_data()
+    dm.setup("test")
+    mapping = catalog_mapping(dm.catalog, bundle.catalog)
+    num_items = len(bundle.catalog)
+    model = ModelRanker(load_buyer_tower(bundle.checkpoint_path), bundle.embeddings)
+    knn = ItemKNNRanker(window=None, weighting=args.weighting).fit(_interactions(dm, mapping, num_items))
+    for split in ("val", "test"):
+        queries = split_queries(
+            dm.events,
+            dm.examples.positions[split],
+            dm.dataset(split),
+            mapping,
+            dm.max_history,
+            dm.schema.weight_array,
+        )
+        hits, knn_hits = np.zeros(len(WEIGHTS)), 0
+        for index, batch, history in queries.batches(512):
+            seen = seen_mask(history.items, history.mask, num_items)
+            model_scores = np.where(seen, -np.inf, model.scores(batch))
+            knn_scores = np.where(seen, -np.inf, knn.scores(batch))
+            pool = np.argpartition(-model_scores, args.pool, axis=1)[:, : args.pool]
+            pooled_model = np.take_along_axis(model_scores, pool, 1)
+            pooled_knn = np.take_along_axis(knn_scores, pool, 1)
+            pooled_knn = pooled_knn / np.maximum(pooled_knn.max(axis=1, keepdims=True), 1e-9)
+            targets = queries.targets[index][:, None]
+            for j, weight in enumerate(WEIGHTS):
+                order = np.argsort(-(pooled_model / 0.1 + weight * pooled_knn), axis=1)[:, :10]
+                hits[j] += (np.take_along_axis(pool, order, 1) == targets).any(axis=1).sum()
+            knn_top = np.argpartition(-knn_scores, 10, axis=1)[:, :10]
+            knn_hits += (knn_top == targets).any(axis=1).sum()
+        n = len(queries)
+        cells = " ".join(f"w={w:g}: {h / n:.4f}" for w, h in zip(WEIGHTS, hits, strict=True))
+        print(
+            f"{split} ({n} queries), recall@10 with seen items excluded: item_knn {knn_hits / n:.4f}; {cells}"
+        )
+
+
+if __name__ == "__main__":
+    main()
