@@ -47,7 +47,8 @@ DATA = {"sample": [], "online_retail": csv_data(ONLINE_RETAIL)}
 RUNS: dict[str, list[str]] = {
     "default": [],
     "text_only_tower": ["model.item_tower.id_embedding=0"],
-    "id_only_tower": ["model.item_tower.use_text=false"],
+    # no ID dropout: without text a dropped ID leaves brand and category only (the SASRec-like tower)
+    "id_only_tower": ["model.item_tower.use_text=false", "model.item_tower.id_dropout=0.0"],
     "no_id_dropout": ["model.item_tower.id_dropout=0.0"],
     "weighted_avg": ["model/buyer_tower=weighted_avg"],
     "attention": ["model/buyer_tower=attention"],
