@@ -63,14 +63,14 @@ RUNS: dict[str, list[str]] = {
         "model.negative_sampling_alpha=0.75",
         "model.use_log_q_correction=true",
     ],
-    "per_target_training": ["+data.sequence_training=false"],
+    "per_target_training": ["data.sequence_training=false"],
     # the model before issue 11: text tower, weighted average, sampled softmax, one history per target
     "previous_model": [
         "model.item_tower.id_embedding=0",
         "model.item_tower.text_residual=false",
         "model/buyer_tower=weighted_avg",
         "model.full_softmax_max_items=0",
-        "+data.sequence_training=false",
+        "data.sequence_training=false",
     ],
 }
 
