@@ -25,16 +25,11 @@ from twotower.evaluation.queries import catalog_mapping, split_queries
 from twotower.evaluation.rankers import ModelRanker
 from twotower.model.buyer_tower import load_buyer_tower
 from twotower.retrieval.bundle import load_bundle
+from twotower.scoring import ScoringSettings, rank_dense
 
 WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 1000.0)
 
-
-def seen_mask(items: np.ndarray, mask: np.ndarray, num_items: int) -> np.ndarray:
-    """bool [B, N]: the item is in the query's history."""
-    seen = np.zeros((len(items), num_items), dtype=bool)
-    rows = np.broadcast_to(np.arange(len(items))[:, None], items.shape)
-    seen[rows[mask], items[mask]] = True
-    return seen
+EXCLUDED = ScoringSettings(exclude_seen=True)  # the service's lists with seen items excluded
 
 
 def main() -> None:
@@ -76,18 +71,18 @@ def main() -> None:
         )
         hits, knn_hits = np.zeros(len(WEIGHTS)), 0
         for index, batch, history in queries.batches(512):
-            seen = seen_mask(history.items, history.mask, num_items)
-            model_scores = np.where(seen, -np.inf, model.scores(batch))
-            knn_scores = np.where(seen, -np.inf, knn.scores(batch))
-            pool = np.argpartition(-model_scores, args.pool, axis=1)[:, : args.pool]
-            pooled_model = np.take_along_axis(model_scores, pool, 1)
-            pooled_knn = np.take_along_axis(knn_scores, pool, 1)
+            model_scores, knn_scores = model.scores(batch), knn.scores(batch)
+            pool, _ = rank_dense(model_scores, history, EXCLUDED, args.pool)  # -1: no item
+            rows = np.maximum(pool, 0)
+            # raw inner products (rank_dense's scores are rescaled by the row's best)
+            pooled_model = np.where(pool >= 0, np.take_along_axis(model_scores, rows, 1), -np.inf)
+            pooled_knn = np.where(pool >= 0, np.take_along_axis(knn_scores, rows, 1), 0.0)
             pooled_knn = pooled_knn / np.maximum(pooled_knn.max(axis=1, keepdims=True), 1e-9)
             targets = queries.targets[index][:, None]
             for j, weight in enumerate(WEIGHTS):
                 order = np.argsort(-(pooled_model / 0.1 + weight * pooled_knn), axis=1)[:, :10]
                 hits[j] += (np.take_along_axis(pool, order, 1) == targets).any(axis=1).sum()
-            knn_top = np.argpartition(-knn_scores, 10, axis=1)[:, :10]
+            knn_top, _ = rank_dense(knn_scores, history, EXCLUDED, 10)
             knn_hits += (knn_top == targets).any(axis=1).sum()
         n = len(queries)
         cells = " ".join(f"w={w:g}: {h / n:.4f}" for w, h in zip(WEIGHTS, hits, strict=True))
