@@ -6,7 +6,12 @@
 #   3. the training-throughput benchmark on cuda (fp32 and bf16) beside the machine's own CPU;
 #   4. exact search at 1M x 384: torch_exact on cuda beside FAISS flat on the CPU;
 #   5. one epoch on Online Retail with trainer=gpu for each precision:matmul pair of $OR_RUNS (when its files are
-#      in .devdata/); matmul is float32_matmul_precision (highest = exact fp32, high = TF32).
+#      in .devdata/); matmul is float32_matmul_precision (highest = exact fp32, high = TF32);
+#   6. or_curves: training curves on Online Retail that a 2-core VM cannot afford. Each line of the file
+#      $OR_CURVES ("NAME override..."; default experiments/or_curves.txt) trains $OR_CURVE_EPOCHS epochs with no
+#      early stopping, all in parallel on the one GPU (the small towers leave it idle between kernel launches);
+#      the per-epoch val figures of every run land in $OUT/or_curves.json and the best checkpoints of the runs
+#      named in $OR_CKPTS in $OUT/NAME.ckpt, for export and evaluate on a CPU machine.
 # STEPS names the steps to run (all by default).
 # Every step runs under its own time limit and the script goes on after a failure; each step's log and a
 # summary (step, exit status, seconds) land in $OUT (default /tmp/gpu_check).
@@ -30,8 +35,12 @@ INDEX_SIZE=${INDEX_SIZE:-1000000}
 PYTHON=${PYTHON:-python3}
 WHEELS=${WHEELS:-.whl}          # none: use the packages already installed
 ONLINE_RETAIL=${ONLINE_RETAIL:-1}
-STEPS=${STEPS:-index_tests gpu_tests train_gpu train_ddp throughput exact_search online_retail}
+STEPS=${STEPS:-index_tests gpu_tests train_gpu train_ddp throughput exact_search online_retail or_curves}
 OR_RUNS=${OR_RUNS:-32-true:highest 32-true:high}  # precision:matmul pairs, e.g. "bf16-mixed:highest": one epoch each
+OR_CURVES=${OR_CURVES:-experiments/or_curves.txt}
+OR_CURVE_EPOCHS=${OR_CURVE_EPOCHS:-20}
+OR_CURVE_LIMIT=${OR_CURVE_LIMIT:-420}  # seconds; a run stopped at the limit (SIGINT) still writes its curve
+OR_CKPTS=${OR_CKPTS:-}
 mkdir -p "$OUT" "$RUNS"
 export PYTHONUNBUFFERED=1
 if compgen -G "$WHEELS/*.whl" >/dev/null; then
@@ -65,6 +74,26 @@ for events in sorted(Path(sys.argv[1]).rglob("events.out.tfevents.*")):
         if any(key in tag for key in ("examples_per_s", "recall@10", "text_retention", "epoch_seconds")):
             values = [e.value for e in acc.Scalars(tag)]
             print(f"{events.parent.name} {tag}: last {values[-1]:.4f} (n={len(values)})")
+EOF
+}
+
+curves() {  # curves NAME RUN_DIR: one JSON line, the run's per-epoch val figures (TensorBoard)
+  "$PYTHON" - "$1" "$2" <<'EOF'
+import json
+import sys
+from pathlib import Path
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+tags = {"val/recall@10", "val/new/recall@10", "val/cold/recall@10", "val/text_retention", "train/examples_per_s",
+        "train/epoch_seconds"}
+values: dict[str, dict[int, float]] = {}
+for events in sorted(Path(sys.argv[2]).rglob("events.out.tfevents.*")):
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    for tag in tags & set(acc.Tags()["scalars"]):
+        values.setdefault(tag, {}).update((e.step, e.value) for e in acc.Scalars(tag))
+curve = {tag: [round(v, 5) for _, v in sorted(by_step.items())] for tag, by_step in sorted(values.items())}
+print(json.dumps({"run": sys.argv[1], **curve}))
 EOF
 }
 
@@ -105,5 +134,24 @@ if [ "$ONLINE_RETAIL" = 1 ] && [ -f .devdata/or_events.csv.gz ]; then
       float32_matmul_precision="$matmul" test=false export=false hydra.run.dir="$RUNS/or_${pair/:/_}"
     [ -d "$RUNS/or_${pair/:/_}" ] && scalars "$RUNS/or_${pair/:/_}" >>"$OUT/$name.log" 2>&1
   done
+fi
+if [[ " $STEPS " == *" or_curves "* ]] && [ -f .devdata/or_events.csv.gz ]; then
+  gunzip -kf .devdata/or_events.csv.gz
+  start=$(date +%s)
+  while read -r name overrides; do
+    [[ -z "$name" || "$name" == \#* ]] && continue
+    # shellcheck disable=SC2086
+    OMP_NUM_THREADS=2 timeout -s INT "$OR_CURVE_LIMIT" "$PYTHON" -m twotower.train data=csv \
+      data.events_path=.devdata/or_events.csv data.products_path=.devdata/or_products.csv $GPU_TRAINER \
+      epoch_budget_targets=null trainer.max_epochs="$OR_CURVE_EPOCHS" callbacks.early_stopping.patience=1000 \
+      test=false export=false hydra.run.dir="$RUNS/curve_$name" $overrides >"$OUT/curve_$name.log" 2>&1 &
+  done <"$OR_CURVES"
+  wait
+  printf '%-14s %6d s\n' or_curves "$(($(date +%s) - start))" | tee -a "$OUT/summary.txt"
+  for dir in "$RUNS"/curve_*; do curves "${dir##*/curve_}" "$dir"; done | tee "$OUT/or_curves.json"
+  for name in $OR_CKPTS; do
+    cp "$(ls "$RUNS/curve_$name"/checkpoints/best-epoch*.ckpt | tail -n 1)" "$OUT/$name.ckpt"
+  done
+  (cd "$OUT" && tar -czf curve_logs.tgz --remove-files curve_*.log)
 fi
 cat "$OUT/summary.txt"
