@@ -11,6 +11,7 @@ import pytest
 
 from twotower.scoring import (
     BUYER_ITEM_FEATURES,
+    HISTORY_SIMILARITY_TEMPERATURE,
     ITEM_FEATURES,
     REPEAT_COEFFICIENTS,
     REPEAT_FEATURES,
@@ -19,6 +20,7 @@ from twotower.scoring import (
     History,
     ScoringSettings,
     choose_settings,
+    history_similarity,
     item_features,
     rank_candidates,
     rank_dense,
@@ -447,3 +449,71 @@ def test_learned_settings_validate_and_round_trip_through_json() -> None:
     grid = settings_grid(ScoringSettings(exclude_seen=False), {"repeat_weight": [0.0, 1.0]})
     learned = ScoringSettings(exclude_seen=False, repeat_coefficients=good.repeat_coefficients)
     assert learned not in grid and len(settings_grid(learned, {"repeat_weight": [0.0]})) == 1
+
+
+# unit item vectors: 0 and 1 orthogonal, 2 between them, 3 next to 0
+VECTORS = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.995, 0.0998], [0.8, 0.6]], dtype=np.float32)
+
+
+def test_history_similarity_by_hand() -> None:
+    t = HISTORY_SIMILARITY_TEMPERATURE
+    h = History(
+        items=np.array([[0, 1], [0, 0], [0, 0]]),
+        mask=np.array([[True, True], [True, True], [False, False]]),
+    )
+    ids = np.array([[2, 3, -1], [0, 1, 2], [2, 3, 4]])
+    got = history_similarity(VECTORS, h, ids)
+    soft = lambda *s: t * np.log(np.sum(np.exp(np.array(s) / t)))  # noqa: E731
+    expected = [
+        [soft(0.6, 0.8), soft(0.995, 0.0998), 0.0],  # a soft maximum: close to the nearest history item
+        [soft(1.0, 1.0), soft(0.0, 0.0), soft(0.6, 0.6)],  # a repeated item counts once per occurrence
+        [0.0, 0.0, 0.0],  # no history: nothing to add
+    ]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert got[0, 0] == pytest.approx(0.8, abs=0.002)
+
+
+def test_history_similarity_reorders_only_the_pools_best_new_items() -> None:
+    # buyer vector scores: 2 first (between the buyer's items 0 and 1), then 4, then 3 (next to item 0);
+    # scores are divided by the best (0.9), then each pool item adds its soft maximum (weight 1)
+    scores = np.array([[0.5, 0.5, 0.9, 0.78, 0.8]], dtype=np.float32)
+    h = history([0, 1], [0, 1])
+    similar = ScoringSettings(exclude_seen=True, history_similarity=1.0, boost_pool=2)
+    ids = [
+        rank_candidates(c, scores[:, c[0]], h, scores[:, :2], similar, 2, item_vectors=VECTORS)[0]
+        for c in (np.array([[2, 4]]), np.array([[2, 4, 3]]))  # pool + L candidates, and more
+    ]
+    # the pool {2, 4}: 2 (1 + 0.80 = 1.80) before 4 (0.89 + 0.80 = 1.69); item 3 (0.87 + 0.995 = 1.86) would
+    # beat both, but it is 3rd by score, outside the pool: the same list from 2 or 3 candidates
+    np.testing.assert_array_equal(ids[0], [[2, 4]])
+    np.testing.assert_array_equal(ids[1], ids[0])
+    wide = replace(similar, boost_pool=3)
+    top, _ = rank_candidates(
+        np.array([[2, 4, 3]]), scores[:, [2, 4, 3]], h, scores[:, :2], wide, 3, item_vectors=VECTORS
+    )
+    np.testing.assert_array_equal(top, [[3, 2, 4]])  # a pool of 3: item 3 first
+    off = replace(wide, history_similarity=0.0)
+    plain, _ = rank_candidates(np.array([[2, 4, 3]]), scores[:, [2, 4, 3]], h, scores[:, :2], off, 3)
+    np.testing.assert_array_equal(plain, [[2, 4, 3]])
+    assert (
+        similar.candidates_needed(1) == 2
+        and replace(similar, history_similarity=0.0).candidates_needed(1) == 1
+    )
+
+
+def test_history_similarity_settings_validate_and_round_trip() -> None:
+    with pytest.raises(ValueError, match="item vectors"):
+        rank_candidates(
+            np.array([[2]]), np.array([[0.9]]), history([0], [0]), np.array([[0.5]]),
+            ScoringSettings(history_similarity=0.5), 1,
+        )  # fmt: skip
+    for bad in (-0.1, float("nan"), float("inf"), True, "0.5"):
+        with pytest.raises(ValueError, match="history_similarity"):
+            ScoringSettings(history_similarity=bad)
+    settings = ScoringSettings(exclude_seen=False, repeat_weight=1.0, history_similarity=0.5)
+    assert ScoringSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
+    old = {k: v for k, v in settings.to_dict().items() if k != "history_similarity"}  # an older manifest
+    assert ScoringSettings.from_dict(old).history_similarity == 0.0
+    assert "history similarity 0.5" in settings.describe()
+    grid = settings_grid(ScoringSettings(), {"history_similarity": [0.0, 0.5]})
+    assert [g.history_similarity for g in grid] == [0.0, 0.5]  # exclusion settings that differ in it stay

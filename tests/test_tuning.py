@@ -344,3 +344,46 @@ def test_nothing_is_learned_without_repeat_targets_and_bad_grid_values_are_refus
     )
     with pytest.raises(ValueError, match="repeat_coefficients"):
         choose_served_settings(ranker, val, {"repeat_coefficients": [None, "learn"]}, k=1)
+
+
+def test_history_similarity_is_chosen_on_val_when_one_vector_misses_a_second_interest() -> None:
+    # the buyer had items 0 and 1 (two interests); their mean points at item 2, between them, while the val
+    # target is item 3, next to item 0: only a large enough history-similarity weight ranks it first
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [0.7071, 0.7071], [0.995, 0.0998]], dtype=np.float32)
+    events = EventLog(
+        buyer=np.zeros(3, dtype=np.int32),
+        item=np.array([0, 1, 3], dtype=np.int32),
+        event=np.full(3, 2, dtype=np.int8),
+        timestamp=np.array([1, 2, 10], dtype=np.int64) * DAY_US,
+        buyer_ids=["a"],
+    )
+    ranker = ModelRanker(MeanTower(), vectors)
+    grid = {"history_similarity": [0.25, 0.5, 1.0]}
+    settings, trace = choose_served_settings(ranker, queries(events, np.array([2])), grid, k=1)
+    assert settings == ScoringSettings(exclude_seen=True, history_similarity=1.0)
+    tried = [
+        (g["scoring"]["exclude_seen"], g["scoring"]["history_similarity"], g["val_recall@1"])
+        for g in trace["grid"]
+    ]
+    assert (True, 0.5, 0.0) in tried and (True, 1.0, 1.0) in tried  # 0.5 is not enough (hand-checked)
+    assert ScoringSettings.from_dict(settings.to_dict()) == settings
+    # a bundle recording it: evaluate serves it as recorded (not retuned) and ranks with the item vectors
+    split = queries(events, np.array([2]))
+    for recorded, first in ((settings, 3), (ScoringSettings(exclude_seen=True), 2)):
+        spec = MethodSpec("model", lambda params: ranker, repeat_grid=grid, fixed=recorded)
+        outcome = tune_and_rank([spec], lambda r: r, split, split, recorded, 1, 1, 1, report_other=False)
+        assert outcome.chosen["model"][True].settings == recorded
+        assert outcome.rankings[True]["model"].tolist() == [[first]]
+
+
+def test_history_similarity_for_a_method_without_item_vectors_is_refused() -> None:
+    events = event_log()
+    spec = MethodSpec(
+        "popularity", lambda params: PopularityRanker(), repeat_grid={"history_similarity": [0.5]}
+    )
+    train = events.timestamp < 10 * DAY_US
+    interactions = Interactions(events.buyer[train], events.item[train], np.ones(5), 4)
+    with pytest.raises(ValueError, match="item vectors"):
+        tune_and_rank(
+            [spec], lambda r: r.fit(interactions), queries(events, VAL), queries(events, TEST), None, 1, 3, 1
+        )

@@ -154,7 +154,11 @@ def _method_specs(
         MethodSpec(
             "model",
             lambda params: ModelRanker(tower, bundle.embeddings, index),
-            repeat_grid=_grid(cfg.scoring.grid),
+            # the history similarity needs item vectors: the model's grid alone tries it
+            repeat_grid={
+                **(_grid(cfg.scoring.grid) or {}),
+                "history_similarity": list(cfg.scoring.get("history_similarity") or []),
+            },
             fixed=fixed,
         )
     ]

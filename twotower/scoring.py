@@ -88,6 +88,9 @@ ITEM_FEATURES = ("item_log_count", "item_repeat_logit", "item_log_recent_count")
 REPEAT_FEATURES = (*BUYER_ITEM_FEATURES, *ITEM_FEATURES)
 # pseudo-interactions at the catalog's mean repeat share (the share of an item sold a few times shrinks to it)
 REPEAT_PRIOR_STRENGTH = 5.0
+# the soft maximum's temperature in history_similarity (inner products of unit item vectors): measured best of
+# 0.05 and 0.1 on MovieLens and Online Retail val (experiments/RESULTS.md, "History similarity")
+HISTORY_SIMILARITY_TEMPERATURE = 0.05
 # repeat_coefficients: one per feature, then the weight of the method's own score on history items, then a bias
 # then the weights of the catalog's item features added to new items' scores (what sells now can beat a
 # history item for a slot)
@@ -112,6 +115,9 @@ class ScoringSettings:
         the catalog's item features to new items' scores; None = the configured score above. With
         ``exclude_seen`` only the new items' part applies.
     boost_pool: how many of the method's best new items the learned boost may reorder (the rest follow them).
+    history_similarity: weight of :func:`history_similarity` added to those ``boost_pool`` best new items'
+        scores (0 = off): an item close to any one of the buyer's items rises, which one buyer vector cannot
+        express for a buyer of several interests. Needs the catalog's item vectors.
     """
 
     exclude_seen: bool = True
@@ -121,6 +127,7 @@ class ScoringSettings:
     max_repeat_items: int | None = None
     repeat_coefficients: tuple[float, ...] | None = None
     boost_pool: int = 50
+    history_similarity: float = 0.0
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.repeat_weight) or self.repeat_weight < 0:
@@ -133,6 +140,10 @@ class ScoringSettings:
         pool = self.boost_pool
         if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
             raise ValueError(f"scoring.boost_pool must be an integer >= 1, got {pool!r}")
+        weight = self.history_similarity
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < math.inf:
+            raise ValueError(f"scoring.history_similarity must be a finite number >= 0, got {weight!r}")
+        object.__setattr__(self, "history_similarity", float(weight))
         coefficients = self.repeat_coefficients
         if coefficients is not None:
             if isinstance(coefficients, str | bytes) or not isinstance(coefficients, Sequence):
@@ -165,9 +176,14 @@ class ScoringSettings:
         with or without exclusion)."""
         return self.repeat_coefficients is not None
 
+    @property
+    def reorders_new_items(self) -> bool:
+        """Whether the method's ``boost_pool`` best new items are reordered (learned boost, history similarity)."""
+        return self.boosted or self.history_similarity > 0
+
     def candidates_needed(self, k: int) -> int:
         """How many of the method's best items (besides the history's) a list of ``k`` needs to be exact."""
-        return max(k, self.boost_pool) if self.boosted else k
+        return max(k, self.boost_pool) if self.reorders_new_items else k
 
     @property
     def uses_repeat(self) -> bool:
@@ -190,14 +206,17 @@ class ScoringSettings:
         return cls(**dict(data))
 
     def describe(self) -> str:
+        similar = f", history similarity {self.history_similarity:g}" if self.history_similarity else ""
         if self.exclude_seen:
-            return "exclude seen" + (", learned new-item boost" if self.boosted else "")
+            return "exclude seen" + (", learned new-item boost" if self.boosted else "") + similar
         cap = "" if self.max_repeat_items is None else f", at most {self.max_repeat_items} seen per list"
         if self.learned:
-            return f"seen allowed, learned repeat score{cap}"
+            return f"seen allowed, learned repeat score{cap}{similar}"
         if not self.repeat_weight:
-            return f"seen allowed, no repeat score{cap}"
-        return f"seen allowed, repeat {self.repeat_weight:g} (half-life {self.half_life_days} d){cap}"
+            return f"seen allowed, no repeat score{cap}{similar}"
+        return (
+            f"seen allowed, repeat {self.repeat_weight:g} (half-life {self.half_life_days} d){cap}{similar}"
+        )
 
 
 @dataclass
@@ -383,6 +402,28 @@ def learned_new_item_boost(
     return np.where(ids >= 0, boost, 0.0)
 
 
+def history_similarity(item_vectors: np.ndarray, history: History, ids: np.ndarray) -> np.ndarray:
+    """float64 [B, C]: how close each item ``ids`` (-1 = none: 0) is to the buyer's items, a soft maximum over
+    the history's positions of the item vectors' inner products, ``t * log sum_h exp(<v_h, v_c> / t)`` with
+    ``t`` = :data:`HISTORY_SIMILARITY_TEMPERATURE` (a repeated item counts once per occurrence). Rows without
+    a history give 0. ``item_vectors``: the catalog's item vectors ``[N, D]`` (the bundle's embeddings).
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    out = np.zeros(ids.shape, dtype=np.float64)
+    mask = np.asarray(history.mask, dtype=bool)
+    rows = np.flatnonzero(mask.any(axis=1) & (ids >= 0).any(axis=1))
+    t = HISTORY_SIMILARITY_TEMPERATURE
+    for start in range(0, len(rows), 256):  # bounded memory: [256, L, C] inner products at a time
+        chunk = rows[start : start + 256]
+        past = item_vectors[np.where(mask[chunk], history.items[chunk], 0)].astype(np.float32)  # [b, L, D]
+        items = item_vectors[np.maximum(ids[chunk], 0)].astype(np.float32)  # [b, C, D]
+        sims = np.where(mask[chunk][:, :, None], past @ items.transpose(0, 2, 1), -np.inf) / t  # [b, L, C]
+        top = sims.max(axis=1)  # [b, C], finite: every chosen row has a history item
+        soft = t * (top + np.log(np.exp(sims - top[:, None, :]).sum(axis=1)))
+        out[chunk] = np.where(ids[chunk] >= 0, soft, 0.0)
+    return out
+
+
 def top_candidates(scores: np.ndarray | torch.Tensor, count: int) -> np.ndarray:
     """int64 [B, count]: the ``count`` best items per row by (score desc, index asc), in index order."""
     if not torch.is_tensor(scores):
@@ -449,6 +490,7 @@ def rank_candidates(
     k: int,
     repeat: np.ndarray | None = None,
     catalog_features: np.ndarray | None = None,
+    item_vectors: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k ``(ids int64 [B, k], scores float32 [B, k])`` from candidates and the history (see module doc).
 
@@ -457,10 +499,12 @@ def rank_candidates(
     history item (used for history items whether or not they are among the candidates). ``repeat``: a
     precomputed :func:`repeat_scores` for these settings, or :func:`repeat_features` for learned settings (saves
     work when many settings are tried). ``catalog_features``: the catalog's :func:`item_features`, for learned
-    settings.
+    settings. ``item_vectors``: the catalog's item vectors ``[N, D]``, for ``settings.history_similarity``.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if settings.history_similarity and item_vectors is None:
+        raise ValueError("scoring.history_similarity needs the catalog's item vectors (a model's bundle)")
     pool_ids, pool, valid = candidate_pool(candidate_ids, candidate_scores, history, history_scores)
     width = history.items.shape[1]
     if settings.exclude_seen:
@@ -475,10 +519,22 @@ def rank_candidates(
         share = np.divide(repeat, peak[:, None], out=np.zeros(repeat.shape), where=peak[:, None] > 0)
         pool[:, :width] += settings.repeat_weight * share
     tier = np.zeros(pool.shape, dtype=np.int8)  # 0 first; 1: new items beyond the boost pool; 2: invalid
-    if settings.boosted:
-        boost = learned_new_item_boost(pool_ids[:, width:], catalog_features, settings.repeat_coefficients)
+    if settings.reorders_new_items:
+        new_ids = pool_ids[:, width:]
+        boost = np.zeros(new_ids.shape)
+        if settings.boosted:
+            boost += learned_new_item_boost(new_ids, catalog_features, settings.repeat_coefficients)
+        in_pool = best_new_items(pool_ids, pool, valid, width, settings.boost_pool)
+        if settings.history_similarity:
+            # only the pool's items (at most boost_pool a row), moved to the front columns for the inner products
+            front = np.argsort(~in_pool, axis=1, kind="stable")[:, : settings.boost_pool]
+            pooled = np.where(
+                np.take_along_axis(in_pool, front, 1), np.take_along_axis(new_ids, front, 1), -1
+            )
+            similar = np.zeros(new_ids.shape)
+            np.put_along_axis(similar, front, history_similarity(item_vectors, history, pooled), axis=1)
+            boost += settings.history_similarity * similar
         if boost.any():
-            in_pool = best_new_items(pool_ids, pool, valid, width, settings.boost_pool)
             pool[:, width:] += np.where(in_pool, boost, 0.0)
             tier[:, width:] = ~in_pool
     tier[~valid] = 2
@@ -531,9 +587,9 @@ def settings_grid(base: ScoringSettings, grid: Mapping[str, Sequence[Any]] | Non
     for values in itertools.product(*(list(grid[n]) for n in names)):
         settings = replace(base, **dict(zip(names, values, strict=True)))
         key = (
-            (True, settings.repeat_coefficients)
+            (True, settings.repeat_coefficients, settings.history_similarity)
             if settings.exclude_seen
-            else (False, 0.0, settings.max_repeat_items)
+            else (False, 0.0, settings.max_repeat_items, settings.history_similarity)
             if not settings.repeat_weight and not settings.learned
             else tuple(getattr(settings, f.name) for f in fields(settings))
         )

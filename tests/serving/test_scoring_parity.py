@@ -55,8 +55,21 @@ def event_log(num_items: int, num_buyers: int = 40, seed: int = 0) -> tuple[Even
         # the boost's pool (12) lies between K and LONG: lists of K and of LONG reorder the same new items
         ScoringSettings(exclude_seen=False, repeat_coefficients=LEARNED, boost_pool=12),
         ScoringSettings(exclude_seen=True, repeat_coefficients=LEARNED, boost_pool=12),
+        # the history similarity reorders the same pool with the bundle's item vectors
+        ScoringSettings(exclude_seen=True, history_similarity=1.0, boost_pool=12),
+        ScoringSettings(
+            exclude_seen=False, repeat_coefficients=LEARNED, boost_pool=12, history_similarity=0.5
+        ),
     ],
-    ids=["exclusion", "repeat", "repeat-capped", "learned", "exclusion-boosted"],
+    ids=[
+        "exclusion",
+        "repeat",
+        "repeat-capped",
+        "learned",
+        "exclusion-boosted",
+        "similar",
+        "learned-similar",
+    ],
 )
 @pytest.mark.parametrize(
     "tower",
@@ -88,10 +101,20 @@ def test_evaluate_and_retrieve_rank_identically(make_bundle, settings: ScoringSe
     )
     ranker = ModelRanker(load_buyer_tower(bundle.checkpoint_path), bundle.embeddings)
     candidates = candidates_of(ranker, queries, settings.candidates_needed(LONG), batch_size=16)
-    offline = rank_split(candidates, queries, settings, LONG, 16)[:, :K]
+    offline = rank_split(candidates, queries, settings, LONG, 16, item_vectors=ranker.item_vectors)[:, :K]
     if settings.boosted:  # the catalog's statistics change these lists (parity below covers them)
-        without = rank_split(candidates, replace(queries, catalog_features=None), settings, LONG, 16)[:, :K]
+        without = rank_split(
+            candidates,
+            replace(queries, catalog_features=None),
+            settings,
+            LONG,
+            16,
+            item_vectors=ranker.item_vectors,
+        )[:, :K]
         assert not np.array_equal(without, offline)
+    if settings.history_similarity:  # and so does the history similarity
+        plain = replace(settings, history_similarity=0.0)
+        assert not np.array_equal(rank_split(candidates, queries, plain, LONG, 16)[:, :K], offline)
 
     # the service: the buyer's whole history before the target, as a client would send it (oldest first)
     recommender = Recommender(bundle, load_buyer_tower(bundle.checkpoint_path))

@@ -240,6 +240,11 @@ class ModelRanker:
         self.item_embeddings = torch.as_tensor(np.asarray(item_embeddings, dtype=np.float32))
         self.index = index
 
+    @property
+    def item_vectors(self) -> np.ndarray:
+        """The catalog's item vectors [N, D] (for the scoring function's history similarity)."""
+        return self.item_embeddings.numpy()
+
     def fit(self, interactions: Any = None) -> ModelRanker:
         return self  # trained already
 

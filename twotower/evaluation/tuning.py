@@ -51,6 +51,7 @@ __all__ = [
 ]
 
 FIT = "fit"  # in a repeat grid's repeat_coefficients: learn them on val
+SIMILARITY_KEY = "history_similarity"  # in a repeat grid: weights tried on top of the best setting
 
 
 @dataclass
@@ -114,8 +115,10 @@ def rank_split(
     k: int,
     batch_size: int,
     repeats: RepeatCache | None = None,
+    item_vectors: np.ndarray | None = None,
 ) -> np.ndarray:
-    """int64 ``[Q, k]``: every query's list under ``settings`` (the served scoring function, batch by batch)."""
+    """int64 ``[Q, k]``: every query's list under ``settings`` (the served scoring function, batch by batch);
+    ``item_vectors``: the method's item vectors, for settings with a history similarity."""
     repeat = (repeats or RepeatCache(queries)).get(settings)
     out = np.empty((len(queries), k), dtype=np.int64)
     for start in range(0, len(queries), batch_size):
@@ -129,6 +132,7 @@ def rank_split(
             k,
             None if repeat is None else repeat[rows],
             catalog_features=queries.catalog_features,
+            item_vectors=item_vectors,
         )[0]
     return out
 
@@ -170,6 +174,7 @@ def _settings_for(spec: MethodSpec, exclude: bool) -> tuple[list[ScoringSettings
         spec.fixed or ScoringSettings(), exclude_seen=exclude, repeat_weight=0.0, repeat_coefficients=None
     )
     grid = dict(spec.repeat_grid or {})
+    grid.pop(SIMILARITY_KEY, None)  # tried on top of the best setting (tune_method)
     coefficients = list(grid.pop("repeat_coefficients", [None]))
     if exclude:
         grid = {}  # the repeat fields change nothing when seen items are excluded; the learned boost does
@@ -179,6 +184,12 @@ def _settings_for(spec: MethodSpec, exclude: bool) -> tuple[list[ScoringSettings
             f"got {coefficients!r}"
         )
     return settings_grid(base, grid), FIT in coefficients
+
+
+def _similarity_weights(spec: MethodSpec) -> list[float]:
+    """The history-similarity weights to try on top of a method's best setting (its repeat grid's
+    ``history_similarity``; none: the method's lists are not reordered by it)."""
+    return [float(w) for w in (spec.repeat_grid or {}).get(SIMILARITY_KEY, [])]
 
 
 def _learned_choice(
@@ -244,12 +255,16 @@ def tune_method(
     for params in spec.grid:
         ranker = fitted.setdefault(repr(sorted(params.items())), fit(spec.make(params)))
         candidates = candidates_of(ranker, val, count, batch_size)
+        weights = _similarity_weights(spec)
+        vectors = getattr(ranker, "item_vectors", None)  # for recorded settings with a history similarity too
+        if weights and vectors is None:
+            raise ValueError(f"{spec.name}: {SIMILARITY_KEY} needs a ranker with item vectors (the model)")
         for exclude in exclusions:
             grid, learn = _settings_for(spec, exclude)
             # the best of this ranker's grid: (val recall, settings, val lists)
             local: tuple[float, ScoringSettings, np.ndarray] | None = None
             for settings in grid:
-                ranked = rank_split(candidates, val, settings, k, batch_size, repeats)
+                ranked = rank_split(candidates, val, settings, k, batch_size, repeats, vectors)
                 score = recall_at(ranked, val.targets, k)
                 trace.append({"ranker": params, "scoring": settings.to_dict(), f"val_recall@{k}": score})
                 if local is None or score > local[0]:
@@ -264,6 +279,18 @@ def tune_method(
                     )
                     if entry["kept"] and score > local[0]:
                         local = (score, settings, ranked)
+            # the history similarity, on top of the best repeat setting (a product with the whole grid would
+            # multiply the settings to try; the learned score is fitted without it)
+            recorded = spec.fixed is not None and spec.fixed.exclude_seen == exclude
+            for weight in [] if recorded else weights:
+                if local is None or weight == local[1].history_similarity:
+                    continue
+                settings = replace(local[1], history_similarity=weight)
+                ranked = rank_split(candidates, val, settings, k, batch_size, repeats, vectors)
+                score = recall_at(ranked, val.targets, k)
+                trace.append({"ranker": params, "scoring": settings.to_dict(), f"val_recall@{k}": score})
+                if score > local[0]:
+                    local = (score, settings, ranked)
             if local is not None and (exclude not in best or local[0] > best[exclude].val_score):
                 best[exclude] = Choice(dict(params), local[1], local[0])
         del candidates
@@ -341,7 +368,13 @@ def tune_and_rank(
                     )
                     index_meta["index"] = getattr(ranker.index, "info", {})
                 rankings[exclude][name] = rank_split(
-                    candidates, test, choice.settings, max_k, batch_size, repeats["test"]
+                    candidates,
+                    test,
+                    choice.settings,
+                    max_k,
+                    batch_size,
+                    repeats["test"],
+                    getattr(ranker, "item_vectors", None),
                 )
     return Outcome(served, rankings, chosen, tuning, index_meta)
 

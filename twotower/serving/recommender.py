@@ -427,7 +427,14 @@ class Recommender:
             history_scores = np.where(np.isin(history.items, allowed), history_scores, -np.inf)
         history_scores = np.where(history.mask, history_scores, 0.0)
         return rank_candidates(
-            ids, scores, history, history_scores, settings, k, catalog_features=self._catalog_features
+            ids,
+            scores,
+            history,
+            history_scores,
+            settings,
+            k,
+            catalog_features=self._catalog_features,
+            item_vectors=self.embeddings,
         )[0]
 
     def _reachable(self, p: _Prepared, settings: ScoringSettings) -> int:
