@@ -371,9 +371,14 @@ def test_history_similarity_is_chosen_on_val_when_one_vector_misses_a_second_int
     split = queries(events, np.array([2]))
     for recorded, first in ((settings, 3), (ScoringSettings(exclude_seen=True), 2)):
         spec = MethodSpec("model", lambda params: ranker, repeat_grid=grid, fixed=recorded)
-        outcome = tune_and_rank([spec], lambda r: r, split, split, recorded, 1, 1, 1, report_other=False)
+        outcome = tune_and_rank([spec], lambda r: r, split, split, recorded, 1, 1, 1)
         assert outcome.chosen["model"][True].settings == recorded
         assert outcome.rankings[True]["model"].tolist() == [[first]]
+        # the other exclusion setting is tuned from scratch (not from the recorded weight), the similarity
+        # tried on top of its best
+        trace = outcome.tuning["model"]["grid"]
+        other = [g["scoring"]["history_similarity"] for g in trace if not g["scoring"]["exclude_seen"]]
+        assert other == [0.0, 0.25, 0.5, 1.0]
 
 
 def test_history_similarity_for_a_method_without_item_vectors_is_refused() -> None:

@@ -171,7 +171,11 @@ def _settings_for(spec: MethodSpec, exclude: bool) -> tuple[list[ScoringSettings
     if spec.fixed is not None and spec.fixed.exclude_seen == exclude:
         return [spec.fixed], False
     base = replace(
-        spec.fixed or ScoringSettings(), exclude_seen=exclude, repeat_weight=0.0, repeat_coefficients=None
+        spec.fixed or ScoringSettings(),
+        exclude_seen=exclude,
+        repeat_weight=0.0,
+        repeat_coefficients=None,
+        history_similarity=0.0,  # tried on top of the grid's best (tune_method)
     )
     grid = dict(spec.repeat_grid or {})
     grid.pop(SIMILARITY_KEY, None)  # tried on top of the best setting (tune_method)
