@@ -24,6 +24,9 @@ the history items), the list is built as follows:
    (the service's k=10 list is the top 10 of evaluate's k=50 lists). Which of the buyer's items come back, and
    when new items beat them, is learned. With ``exclude_seen`` and learned coefficients, history items are excluded and
    new items still get that boost (shops without repeats: what sells now still counts).
+   With ``history_similarity = w`` (either exclusion setting), the same ``boost_pool`` best new items also add
+   ``w`` times :func:`history_similarity`, their soft maximum similarity to the history's items (needs the
+   catalog's item vectors): an item close to one of a buyer's several interests can rise.
 4. Top k by final score; ties go to the lower item index (deterministic). With seen items allowed and
    ``max_repeat_items = m``, at most m of the k slots go to history items (the best m by final score); the
    others go to the best new items. Slots left empty (exclusion leaves fewer than k items) hold index -1.
