@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from twotower.config import ConfigError
 from twotower.data.datamodule import HistoryDataset
 from twotower.data.sequences import EventLog
-from twotower.evaluate import check_baselines, served_settings
+from twotower.evaluate import check_baselines, check_history_similarity, served_settings
 from twotower.evaluation.learned_repeat import fit_repeat_coefficients
 from twotower.evaluation.queries import split_queries
 from twotower.evaluation.rankers import Interactions, ModelRanker, PopularityRanker
@@ -150,6 +150,14 @@ def test_baseline_grids_are_checked_before_the_data_loads() -> None:
         check_baselines(_evaluate_cfg(item_knn={"ranker": knn, "repeat": {"weight": [1.0]}}))
     with pytest.raises(ConfigError, match="taken by the model"):
         check_baselines(_evaluate_cfg(model={"ranker": knn}))
+
+
+def test_history_similarity_weights_are_checked_before_the_data_loads() -> None:
+    check_history_similarity(None)
+    check_history_similarity(OmegaConf.create({"w": [0.0, 0.5]}).w)
+    for bad in ([-1.0], [float("nan")], "0.5", [True]):
+        with pytest.raises(ConfigError, match="history_similarity"):
+            check_history_similarity(bad)
 
 
 def test_served_settings_come_from_the_bundle_the_config_or_val() -> None:

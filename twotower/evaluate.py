@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from twotower.assembly import build_text_encoder, metric_value
 from twotower.config import ConfigError, check_k_values, validate_config
@@ -84,6 +85,19 @@ def text_vectors(encoder_cfg: dict | None, texts: list[str], cache_dir: str) -> 
         )
     encoder = build_text_encoder(OmegaConf.create(encoder_cfg))
     return TextFeatureCache(cache_dir).encode(encoder, texts)
+
+
+def check_history_similarity(weights: Any) -> None:
+    """Fail at start-up on a bad ``scoring.history_similarity`` (a list of weights >= 0, or empty/null)."""
+    if weights is None:
+        return
+    if isinstance(weights, str) or not isinstance(weights, Sequence | ListConfig):
+        raise ConfigError(f"scoring.history_similarity must be a list of weights >= 0; got {weights!r}")
+    for weight in weights:
+        try:
+            ScoringSettings(history_similarity=weight)
+        except ValueError as error:
+            raise ConfigError(f"scoring.history_similarity: {error}") from error
 
 
 def served_settings(cfg: DictConfig, manifest: dict) -> ScoringSettings | None:
@@ -200,6 +214,7 @@ def evaluate(cfg: DictConfig, overridden: bool = False) -> dict[str, Any]:
     if tune_k < 1:
         raise ConfigError(f"tune_k must be >= 1 (settings are chosen by val recall@tune_k); got {tune_k}")
     check_baselines(cfg)
+    check_history_similarity(cfg.scoring.get("history_similarity"))
     bundle = load_bundle(cfg.bundle, load_index=bool(cfg.use_index))
     fixed = served_settings(cfg, bundle.manifest)
     data_cfg = select_data_config(cfg, bundle.data_config, overridden)
