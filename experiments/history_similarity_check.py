@@ -17,15 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from bundle_data import load_bundle_data, queries_of  # experiments/, beside this script
 
-from twotower.evaluate import select_data_config
-from twotower.evaluation.queries import catalog_mapping, split_queries
 from twotower.evaluation.rankers import ModelRanker
 from twotower.model.buyer_tower import load_buyer_tower
-from twotower.retrieval.bundle import load_bundle
 from twotower.scoring import ScoringSettings, rank_dense
 
 POOLS, TEMPERATURES, WEIGHTS = (50, 200), (0.05, 0.1), (0.25, 0.5, 1.0, 2.0)
@@ -38,27 +33,12 @@ def main() -> None:
     )
     parser.add_argument("bundle", type=Path)
     args, overrides = parser.parse_known_args()
-    conf = str(Path(__file__).resolve().parents[1] / "conf")
-    with initialize_config_dir(config_dir=conf, version_base="1.3"):
-        cfg = compose(
-            "evaluate",
-            overrides=[f"bundle={args.bundle}", "paths.output_dir=/tmp/history_similarity_check", *overrides],
-            return_hydra_config=True,
-        )
-    HydraConfig.instance().set_config(cfg)  # the config interpolates hydra.runtime paths
-    bundle = load_bundle(cfg.bundle, load_index=False)
-    dm = instantiate(select_data_config(cfg, bundle.data_config, overridden=bool(overrides)))
-    dm.prepare_data()
-    dm.setup("test")
-    mapping = catalog_mapping(dm.catalog, bundle.catalog)
+    bundle, dm, mapping = load_bundle_data(args.bundle, overrides, "history_similarity_check")
     model = ModelRanker(load_buyer_tower(bundle.checkpoint_path), bundle.embeddings)
     vectors = torch.from_numpy(model.item_vectors)
     variants = list(itertools.product(POOLS, TEMPERATURES, WEIGHTS))
     for split in ("val", "test"):
-        queries = split_queries(
-            dm.events, dm.examples.positions[split], dm.dataset(split), mapping, dm.max_history,
-            dm.schema.weight_array,
-        )  # fmt: skip
+        queries = queries_of(dm, mapping, split)
         hits, own, new_queries = np.zeros(len(variants)), 0, 0
         for index, batch, history in queries.batches(64):
             scores = np.asarray(model.scores(batch), dtype=np.float32)

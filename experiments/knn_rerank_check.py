@@ -15,16 +15,12 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from bundle_data import load_bundle_data, queries_of  # experiments/, beside this script
 
-from twotower.evaluate import _interactions, select_data_config
+from twotower.evaluate import _interactions
 from twotower.evaluation.knn import WEIGHTINGS, ItemKNNRanker
-from twotower.evaluation.queries import catalog_mapping, split_queries
 from twotower.evaluation.rankers import ModelRanker
 from twotower.model.buyer_tower import load_buyer_tower
-from twotower.retrieval.bundle import load_bundle
 from twotower.scoring import ScoringSettings, rank_dense
 
 WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 1000.0)
@@ -40,35 +36,12 @@ def main() -> None:
     parser.add_argument("--weighting", choices=WEIGHTINGS, default="cosine")
     parser.add_argument("--pool", type=int, default=50)
     args, overrides = parser.parse_known_args()
-    conf = str(Path(__file__).resolve().parents[1] / "conf")
-    with initialize_config_dir(config_dir=conf, version_base="1.3"):
-        cfg = compose(
-            "evaluate",
-            overrides=[
-                f"bundle={args.bundle}",
-                "paths.output_dir=/tmp/knn_rerank_check",  # the data report goes there
-                *overrides,
-            ],
-            return_hydra_config=True,
-        )
-    HydraConfig.instance().set_config(cfg)  # the config interpolates hydra.runtime paths
-    bundle = load_bundle(cfg.bundle, load_index=False)
-    dm = instantiate(select_data_config(cfg, bundle.data_config, overridden=bool(overrides)))
-    dm.prepare_data()
-    dm.setup("test")
-    mapping = catalog_mapping(dm.catalog, bundle.catalog)
+    bundle, dm, mapping = load_bundle_data(args.bundle, overrides, "knn_rerank_check")
     num_items = len(bundle.catalog)
     model = ModelRanker(load_buyer_tower(bundle.checkpoint_path), bundle.embeddings)
     knn = ItemKNNRanker(window=None, weighting=args.weighting).fit(_interactions(dm, mapping, num_items))
     for split in ("val", "test"):
-        queries = split_queries(
-            dm.events,
-            dm.examples.positions[split],
-            dm.dataset(split),
-            mapping,
-            dm.max_history,
-            dm.schema.weight_array,
-        )
+        queries = queries_of(dm, mapping, split)
         hits, knn_hits = np.zeros(len(WEIGHTS)), 0
         for index, batch, history in queries.batches(512):
             model_scores, knn_scores = model.scores(batch), knn.scores(batch)
