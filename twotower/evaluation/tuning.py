@@ -166,10 +166,11 @@ class Choice:
         return {"ranker": self.params, "scoring": self.settings.to_dict(), "val_score": self.val_score}
 
 
-def _settings_for(spec: MethodSpec, exclude: bool) -> tuple[list[ScoringSettings], bool]:
-    """The grid's settings for one exclusion setting, and whether to learn a repeat score too."""
+def _settings_for(spec: MethodSpec, exclude: bool) -> tuple[list[ScoringSettings], bool, list[float]]:
+    """The grid's settings for one exclusion setting, whether to learn a repeat score too, and the history-
+    similarity weights to try on top of the best (the grid's ``history_similarity``; none for recorded settings)."""
     if spec.fixed is not None and spec.fixed.exclude_seen == exclude:
-        return [spec.fixed], False
+        return [spec.fixed], False, []
     base = replace(
         spec.fixed or ScoringSettings(),
         exclude_seen=exclude,
@@ -178,7 +179,7 @@ def _settings_for(spec: MethodSpec, exclude: bool) -> tuple[list[ScoringSettings
         history_similarity=0.0,  # tried on top of the grid's best (tune_method)
     )
     grid = dict(spec.repeat_grid or {})
-    grid.pop(SIMILARITY_KEY, None)  # tried on top of the best setting (tune_method)
+    weights = [float(w) for w in grid.pop(SIMILARITY_KEY, [])]
     coefficients = list(grid.pop("repeat_coefficients", [None]))
     if exclude:
         grid = {}  # the repeat fields change nothing when seen items are excluded; the learned boost does
@@ -187,13 +188,7 @@ def _settings_for(spec: MethodSpec, exclude: bool) -> tuple[list[ScoringSettings
             f"{spec.name}: a repeat grid's repeat_coefficients may list null and {FIT!r} (learn on val); "
             f"got {coefficients!r}"
         )
-    return settings_grid(base, grid), FIT in coefficients
-
-
-def _similarity_weights(spec: MethodSpec) -> list[float]:
-    """The history-similarity weights to try on top of a method's best setting (its repeat grid's
-    ``history_similarity``; none: the method's lists are not reordered by it)."""
-    return [float(w) for w in (spec.repeat_grid or {}).get(SIMILARITY_KEY, [])]
+    return settings_grid(base, grid), FIT in coefficients, weights
 
 
 def _learned_choice(
@@ -256,23 +251,32 @@ def tune_method(
     fitted: dict[str, Any] = {}
     # enough candidates for a learned boost's pool too (every setting tried shares the base's boost_pool)
     count = max(k, (spec.fixed or ScoringSettings()).boost_pool)
+
+    def scored(
+        settings: ScoringSettings, candidates: Candidates, vectors: np.ndarray | None, params: dict
+    ) -> tuple[float, ScoringSettings, np.ndarray]:
+        """(val recall, settings, val lists) of one setting, traced."""
+        ranked = rank_split(candidates, val, settings, k, batch_size, repeats, vectors)
+        score = recall_at(ranked, val.targets, k)
+        trace.append({"ranker": params, "scoring": settings.to_dict(), f"val_recall@{k}": score})
+        return score, settings, ranked
+
     for params in spec.grid:
         ranker = fitted.setdefault(repr(sorted(params.items())), fit(spec.make(params)))
         candidates = candidates_of(ranker, val, count, batch_size)
-        weights = _similarity_weights(spec)
         vectors = getattr(ranker, "item_vectors", None)  # for recorded settings with a history similarity too
-        if weights and vectors is None:
-            raise ValueError(f"{spec.name}: {SIMILARITY_KEY} needs a ranker with item vectors (the model)")
         for exclude in exclusions:
-            grid, learn = _settings_for(spec, exclude)
+            grid, learn, weights = _settings_for(spec, exclude)
+            if weights and vectors is None:
+                raise ValueError(
+                    f"{spec.name}: {SIMILARITY_KEY} needs a ranker with item vectors (the model)"
+                )
             # the best of this ranker's grid: (val recall, settings, val lists)
             local: tuple[float, ScoringSettings, np.ndarray] | None = None
             for settings in grid:
-                ranked = rank_split(candidates, val, settings, k, batch_size, repeats, vectors)
-                score = recall_at(ranked, val.targets, k)
-                trace.append({"ranker": params, "scoring": settings.to_dict(), f"val_recall@{k}": score})
-                if local is None or score > local[0]:
-                    local = (score, settings, ranked)
+                tried = scored(settings, candidates, vectors, params)
+                if local is None or tried[0] > local[0]:
+                    local = tried
             if learn and local is not None:
                 learned = _learned_choice(candidates, val, local[1], local[2], k, batch_size, repeats)
                 if learned is not None:
@@ -285,16 +289,11 @@ def tune_method(
                         local = (score, settings, ranked)
             # the history similarity, on top of the best repeat setting (a product with the whole grid would
             # multiply the settings to try; the learned score is fitted without it)
-            recorded = spec.fixed is not None and spec.fixed.exclude_seen == exclude
-            for weight in [] if recorded else weights:
-                if local is None or weight == local[1].history_similarity:
-                    continue
-                settings = replace(local[1], history_similarity=weight)
-                ranked = rank_split(candidates, val, settings, k, batch_size, repeats, vectors)
-                score = recall_at(ranked, val.targets, k)
-                trace.append({"ranker": params, "scoring": settings.to_dict(), f"val_recall@{k}": score})
-                if score > local[0]:
-                    local = (score, settings, ranked)
+            for weight in weights:
+                if local is not None and weight != local[1].history_similarity:
+                    tried = scored(replace(local[1], history_similarity=weight), candidates, vectors, params)
+                    if tried[0] > local[0]:
+                        local = tried
             if local is not None and (exclude not in best or local[0] > best[exclude].val_score):
                 best[exclude] = Choice(dict(params), local[1], local[0])
         del candidates
