@@ -12,7 +12,7 @@ from twotower.config import ConfigError
 from twotower.data.datamodule import HistoryDataset
 from twotower.data.sequences import EventLog
 from twotower.evaluate import check_baselines, check_history_similarity, served_settings
-from twotower.evaluation.learned_repeat import fit_repeat_coefficients
+from twotower.evaluation.learned_repeat import fit_learned_score
 from twotower.evaluation.queries import split_queries
 from twotower.evaluation.rankers import Interactions, ModelRanker, PopularityRanker
 from twotower.evaluation.tuning import (
@@ -270,10 +270,11 @@ def test_the_fit_learns_to_boost_new_items_the_catalog_says_sell_now() -> None:
     recent = ITEM_FEATURES.index("item_log_recent_count")
     catalog[2, recent] = 3.0
     catalog[4, recent] = 1.0  # not among the candidates: the fit must cope with features it never sees
-    coefficients = fit_repeat_coefficients(
+    learned = fit_learned_score(
         ids, scores, history, history_scores, targets, catalog_features=catalog, boost_pool=3
     )
-    assert coefficients is not None
+    assert learned is not None and learned.history_similarity == 0  # no item vectors: no similarity weight
+    coefficients = learned.coefficients
     weights = dict(zip(REPEAT_COEFFICIENTS, coefficients, strict=True))
     assert weights["new_item_log_recent_count"] > 0
     settings = ScoringSettings(exclude_seen=False, repeat_coefficients=coefficients)
@@ -298,12 +299,11 @@ def test_with_seen_items_excluded_the_fit_learns_the_new_item_boost_alone() -> N
     catalog[2, ITEM_FEATURES.index("item_log_recent_count")] = 3.0
     args = (ids, scores, history, history_scores, targets)
     # without exclusion nothing is learned here (no target is a history item); with it, the boost is
-    assert fit_repeat_coefficients(*args, catalog_features=catalog, boost_pool=3) is None
-    assert (
-        fit_repeat_coefficients(*args, boost_pool=3, exclude_seen=True) is None
-    )  # no catalog: nothing to learn
-    coefficients = fit_repeat_coefficients(*args, catalog_features=catalog, boost_pool=3, exclude_seen=True)
-    assert coefficients is not None
+    assert fit_learned_score(*args, catalog_features=catalog, boost_pool=3) is None
+    assert fit_learned_score(*args, boost_pool=3, exclude_seen=True) is None  # no catalog: nothing to learn
+    learned = fit_learned_score(*args, catalog_features=catalog, boost_pool=3, exclude_seen=True)
+    assert learned is not None
+    coefficients = learned.coefficients
     weights = dict(zip(REPEAT_COEFFICIENTS, coefficients, strict=True))
     assert weights["new_item_log_recent_count"] > 0
     assert all(weights[name] == 0 for name in REPEAT_COEFFICIENTS[: REPEAT_COEFFICIENTS.index("bias") + 1])
@@ -345,7 +345,7 @@ def test_nothing_is_learned_without_repeat_targets_and_bad_grid_values_are_refus
     )
     candidates = candidates_of(ranker, val, 1, 8)
     assert (
-        fit_repeat_coefficients(
+        fit_learned_score(
             candidates.ids, candidates.scores, val.history, candidates.history_scores, val.targets
         )
         is None
@@ -387,6 +387,46 @@ def test_history_similarity_is_chosen_on_val_when_one_vector_misses_a_second_int
         trace = outcome.tuning["model"]["grid"]
         other = [g["scoring"]["history_similarity"] for g in trace if not g["scoring"]["exclude_seen"]]
         assert other == [0.0, 0.25, 0.5, 1.0]
+
+
+def test_the_history_similarity_weight_is_fitted_with_the_learned_score() -> None:
+    # the method ranks new items 0 > 1 = 2 > 3; a buyer who had item 4 takes item 1 (next to it), one who had
+    # item 5 takes item 2; every third buyer takes their own item back (a repeat score to learn)
+    unit = lambda *v: np.array(v) / np.linalg.norm(v)  # noqa: E731
+    vectors = np.stack(
+        [unit(0, 0, 1), unit(1, 0, 0), unit(0, 1, 0), unit(1, 1, 1), unit(1, 0.15, 0), unit(0.15, 1, 0)]
+    ).astype(np.float32)
+    n = 90
+    ids = np.tile(np.arange(4), (n, 1))
+    scores = np.tile(np.array([1.0, 0.9, 0.9, 0.8], dtype=np.float32), (n, 1))
+    had = np.where(np.arange(n) % 2 == 0, 4, 5)
+    history = History(had[:, None], np.ones((n, 1), bool))
+    history_scores = np.full((n, 1), 0.5, dtype=np.float32)
+    targets = np.where(np.arange(n) % 3 == 0, had, had - 3)
+    catalog = np.zeros((6, len(ITEM_FEATURES)), np.float32)
+    args = (ids, scores, history, history_scores, targets)
+    for exclude in (False, True):
+        learned = fit_learned_score(
+            *args, catalog_features=catalog, boost_pool=4, exclude_seen=exclude, item_vectors=vectors
+        )
+        assert learned is not None and learned.history_similarity > 0
+        settings = ScoringSettings(
+            exclude_seen=exclude,
+            repeat_coefficients=learned.coefficients,
+            history_similarity=learned.history_similarity,
+        )
+        top, _ = rank_candidates(*args[:4], settings, 2, catalog_features=catalog, item_vectors=vectors)
+        new = targets != had
+        assert (top[new, 0] == targets[new]).all()  # the item next to the buyer's, not the method's item 0
+        if not exclude:
+            assert (top[~new, :2] == had[~new, None]).any(axis=1).all()  # the repeats still make the list
+    # buyers who take the method's best item, whatever they had: an item close to theirs is no likelier, and
+    # a negative weight is served as 0
+    learned = fit_learned_score(
+        ids, scores, history, history_scores, np.zeros(n, dtype=np.int64), catalog_features=catalog,
+        boost_pool=4, exclude_seen=True, item_vectors=vectors,
+    )  # fmt: skip
+    assert learned is not None and learned.history_similarity == 0
 
 
 def test_history_similarity_for_a_method_without_item_vectors_is_refused() -> None:

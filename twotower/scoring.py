@@ -13,7 +13,7 @@ the history items), the list is built as follows:
    ``r = sum over its occurrences of event_weight * 0.5 ** (age_days / half_life_days)`` (count, event type
    and recency in one number; ``max`` over the query's history).
    With learned ``repeat_coefficients`` (fitted on val,
-   :func:`twotower.evaluation.learned_repeat.fit_repeat_coefficients`)
+   :func:`twotower.evaluation.learned_repeat.fit_learned_score`)
    a history item's score is instead ``c_score * s + sum_i c_i * f_i + c_bias`` over :data:`REPEAT_FEATURES`:
    the buyer's own history of the item (log1p of decayed counts at several half-lives, count, event-weight sum,
    days since its last occurrence; ages measured from the history's newest event, so offline and online agree
@@ -66,6 +66,7 @@ __all__ = [
     "rank_candidates",
     "rank_dense",
     "learned_new_item_boost",
+    "pool_similarity",
     "learned_repeat_scores",
     "item_features",
     "repeat_features",
@@ -427,6 +428,19 @@ def history_similarity(item_vectors: np.ndarray, history: History, ids: np.ndarr
     return out
 
 
+def pool_similarity(
+    item_vectors: np.ndarray, history: History, new_ids: np.ndarray, in_pool: np.ndarray, pool_size: int
+) -> np.ndarray:
+    """float64 [B, C]: :func:`history_similarity` of the new items ``new_ids`` [B, C] that ``in_pool`` marks (at
+    most ``pool_size`` a row, as :func:`best_new_items` gives them), 0 for the others."""
+    # only the pool's items, moved to the front columns: the inner products cost pool_size, not C, per row
+    front = np.argsort(~in_pool, axis=1, kind="stable")[:, :pool_size]
+    pooled = np.where(np.take_along_axis(in_pool, front, 1), np.take_along_axis(new_ids, front, 1), -1)
+    out = np.zeros(new_ids.shape)
+    np.put_along_axis(out, front, history_similarity(item_vectors, history, pooled), axis=1)
+    return out
+
+
 def top_candidates(scores: np.ndarray | torch.Tensor, count: int) -> np.ndarray:
     """int64 [B, count]: the ``count`` best items per row by (score desc, index asc), in index order."""
     if not torch.is_tensor(scores):
@@ -529,14 +543,9 @@ def rank_candidates(
             boost += learned_new_item_boost(new_ids, catalog_features, settings.repeat_coefficients)
         in_pool = best_new_items(pool_ids, pool, valid, width, settings.boost_pool)
         if settings.history_similarity:
-            # only the pool's items (at most boost_pool a row), moved to the front columns for the inner products
-            front = np.argsort(~in_pool, axis=1, kind="stable")[:, : settings.boost_pool]
-            pooled = np.where(
-                np.take_along_axis(in_pool, front, 1), np.take_along_axis(new_ids, front, 1), -1
+            boost += settings.history_similarity * pool_similarity(
+                item_vectors, history, new_ids, in_pool, settings.boost_pool
             )
-            similar = np.zeros(new_ids.shape)
-            np.put_along_axis(similar, front, history_similarity(item_vectors, history, pooled), axis=1)
-            boost += settings.history_similarity * similar
         if boost.any():
             pool[:, width:] += np.where(in_pool, boost, 0.0)
             tier[:, width:] = ~in_pool

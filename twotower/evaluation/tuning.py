@@ -9,7 +9,8 @@ A repeat grid may list ``repeat_coefficients: [null, fit]``: ``fit`` learns the 
 seen items excluded, only its new-item boost)
 (:mod:`twotower.evaluation.learned_repeat`). It is fitted on the first half of the val queries and kept only if
 it beats the grid's best on the second half (queries are in buyer order, so the halves share almost no buyer);
-then it is refitted on all of val.
+then it is refitted on all of val. When the grid also lists ``history_similarity`` weights (the model), that
+weight is fitted together with the repeat score, and the listed weights are then tried on top of the best.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from twotower.evaluation.learned_repeat import fit_repeat_coefficients
+from twotower.evaluation.learned_repeat import LearnedScore, fit_learned_score
 from twotower.evaluation.queries import SplitQueries
 from twotower.scoring import (
     ScoringSettings,
@@ -199,15 +200,17 @@ def _learned_choice(
     k: int,
     batch_size: int,
     repeats: RepeatCache,
+    item_vectors: np.ndarray | None = None,
 ) -> tuple[ScoringSettings, np.ndarray, dict[str, Any]] | None:
     """Learned repeat settings (refitted on all of val when they beat ``grid_best``, whose val lists are
     ``grid_ranked``, on the held-out half; see the module doc), their val lists and their trace entry (``kept``:
-    whether they did); None when nothing could be learned."""
+    whether they did); None when nothing could be learned. ``item_vectors``: fit the history similarity's
+    weight with them."""
     half = len(val) // 2
     features = repeats.features()
 
-    def fit(rows: slice) -> tuple[float, ...] | None:
-        return fit_repeat_coefficients(
+    def fit(rows: slice) -> LearnedScore | None:
+        return fit_learned_score(
             candidates.ids[rows],
             candidates.scores[rows],
             val.history.take(rows),
@@ -217,22 +220,31 @@ def _learned_choice(
             catalog_features=val.catalog_features,
             boost_pool=grid_best.boost_pool,
             exclude_seen=grid_best.exclude_seen,
+            item_vectors=item_vectors,
         )
 
-    base = replace(grid_best, repeat_weight=0.0, max_repeat_items=None)
-    coefficients = fit(slice(0, half)) if half else None
-    if coefficients is None:
+    def settings_of(learned: LearnedScore) -> ScoringSettings:
+        return replace(
+            grid_best,
+            repeat_weight=0.0,
+            max_repeat_items=None,
+            repeat_coefficients=learned.coefficients,
+            history_similarity=learned.history_similarity,
+        )
+
+    learned = fit(slice(0, half)) if half else None
+    if learned is None:
         return None
     held_out = slice(half, None)
-    trial = replace(base, repeat_coefficients=coefficients)
-    trial_ranked = rank_split(candidates, val, trial, k, batch_size, repeats)
+    trial = settings_of(learned)
+    trial_ranked = rank_split(candidates, val, trial, k, batch_size, repeats, item_vectors)
     learned = recall_at(trial_ranked[held_out], val.targets[held_out], k)
     grid = recall_at(grid_ranked[held_out], val.targets[held_out], k)
     entry = {f"held_out_recall@{k}": learned, f"grid_best_held_out_recall@{k}": grid, "kept": learned > grid}
     if not entry["kept"]:
         return trial, trial_ranked, entry
-    refitted = replace(base, repeat_coefficients=fit(slice(None)) or coefficients)
-    return refitted, rank_split(candidates, val, refitted, k, batch_size, repeats), entry
+    refitted = settings_of(fit(slice(None)) or learned)
+    return refitted, rank_split(candidates, val, refitted, k, batch_size, repeats, item_vectors), entry
 
 
 def tune_method(
@@ -278,7 +290,16 @@ def tune_method(
                 if local is None or tried[0] > local[0]:
                     local = tried
             if learn and local is not None:
-                learned = _learned_choice(candidates, val, local[1], local[2], k, batch_size, repeats)
+                learned = _learned_choice(
+                    candidates,
+                    val,
+                    local[1],
+                    local[2],
+                    k,
+                    batch_size,
+                    repeats,
+                    vectors if any(w > 0 for w in weights) else None,
+                )
                 if learned is not None:
                     settings, ranked, entry = learned
                     score = recall_at(ranked, val.targets, k)
@@ -287,8 +308,8 @@ def tune_method(
                     )
                     if entry["kept"] and score > local[0]:
                         local = (score, settings, ranked)
-            # the history similarity, on top of the best repeat setting (a product with the whole grid would
-            # multiply the settings to try; the learned score is fitted without it)
+            # the history similarity's listed weights, on top of the best repeat setting (a product with the
+            # whole grid would multiply the settings to try; the learned score fits its own weight)
             for weight in weights:
                 if local is not None and weight != local[1].history_similarity:
                     tried = scored(replace(local[1], history_similarity=weight), candidates, vectors, params)
