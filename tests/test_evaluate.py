@@ -14,7 +14,13 @@ from omegaconf import OmegaConf
 
 from twotower.config import ConfigError
 from twotower.data.catalog import Catalog
-from twotower.evaluate import catalog_mapping, check_referenced, data_overridden, select_data_config
+from twotower.evaluate import (
+    catalog_mapping,
+    check_referenced,
+    data_overridden,
+    method_specs,
+    select_data_config,
+)
 from twotower.evaluation.report import (
     evaluate_rankings,
     format_table,
@@ -23,7 +29,7 @@ from twotower.evaluation.report import (
     popularity_percentile,
     ranking_metrics,
 )
-from twotower.retrieval.bundle import BundleError
+from twotower.retrieval.bundle import BundleError, load_bundle
 from twotower.scoring import ScoringSettings
 
 
@@ -202,6 +208,28 @@ def test_evaluate_rankings_shape_and_slices() -> None:
     assert table.splitlines()[2].split()[:2] == ["model", "0.5000"]
 
 
+def test_the_models_other_exclusion_is_the_bundles_recorded_one_unless_the_settings_come_from_config(
+    tiny_bundle: Path,
+) -> None:
+    bundle = load_bundle(tiny_bundle)  # the session's bundle: edited in memory only
+    served = ScoringSettings(exclude_seen=False, repeat_weight=0.3)
+    other = ScoringSettings(exclude_seen=True, history_similarity=0.5)
+    bundle.manifest.update(scoring=served.to_dict(), scoring_other_exclusion=other.to_dict())
+    vectors = np.zeros((len(bundle.catalog), 2), np.float32)
+    for source, expected in (("auto", other), ("bundle", other), ("config", None)):
+        cfg = OmegaConf.create(
+            {
+                "use_index": False,
+                "baselines": {},
+                "scoring": {"source": source, "grid": {}, "history_similarity": []},
+            }
+        )
+        (model,) = method_specs(cfg, bundle, vectors, served)
+        assert model.fixed == served and model.fixed_other == expected
+    (model,) = method_specs(cfg, bundle, vectors, None)  # nothing recorded: both are chosen on val
+    assert model.fixed is None and model.fixed_other is None
+
+
 # -- end to end ----------------------------------------------------------------------------------------
 
 
@@ -231,6 +259,8 @@ def test_evaluate_cli_on_a_tiny_bundle(tiny_bundle: Path) -> None:
         metrics["scoring"]
     )  # the model's best on val (the bundle records none)
     assert metrics["other_exclusion"]["exclude_seen"] is not served.exclude_seen
+    other = ScoringSettings.from_dict(metrics["other_exclusion"]["scoring"])  # the model's settings there
+    assert other.exclude_seen is not served.exclude_seen
     assert set(metrics["other_exclusion"]) >= {*methods, "slices"}
     for method in methods:  # every method's choice per exclusion setting, with the grid it came from
         assert {"exclude_seen=true", "exclude_seen=false", "grid"} <= set(metrics["tuning"][method])

@@ -130,6 +130,34 @@ def test_recorded_settings_are_served_without_tuning() -> None:
     assert outcome.chosen["model"][True].settings == fixed
 
 
+def test_recorded_other_exclusion_settings_rank_the_other_column_as_the_service_would() -> None:
+    # a bundle serving seen items allowed (repeat weight 5: item 3 first) and recording its excluded settings:
+    # evaluate's other column uses those (what /retrieve serves a request that sets exclusion), not a retuning
+    events = event_log()
+    interactions = Interactions(events.buyer[:3], events.item[:3], np.ones(3), 4, np.zeros(3))
+    fixed = ScoringSettings(exclude_seen=False, repeat_weight=5.0)
+    other = ScoringSettings(exclude_seen=True, max_repeat_items=2)  # an unusual value: no grid would make it
+    spec = MethodSpec(
+        "model",
+        lambda params: PopularityRanker(),
+        repeat_grid={"repeat_weight": [0.0]},
+        fixed=fixed,
+        fixed_other=other,
+    )
+    args = (queries(events, VAL), queries(events, TEST), fixed, 1, 2, 8)
+    outcome = tune_and_rank([spec], lambda ranker: ranker.fit(interactions), *args)
+    assert outcome.served is False
+    assert (
+        outcome.chosen["model"][False].settings == fixed and outcome.chosen["model"][True].settings == other
+    )
+    assert [g["scoring"] for g in outcome.tuning["model"]["grid"]] == [fixed.to_dict(), other.to_dict()]
+    np.testing.assert_array_equal(outcome.rankings[True]["model"], [[2, -1], [1, 2]])  # seen excluded
+    # without a recorded one, the other exclusion is tuned on val as before
+    spec.fixed_other = None
+    outcome = tune_and_rank([spec], lambda ranker: ranker.fit(interactions), *args)
+    assert outcome.chosen["model"][True].settings == ScoringSettings(exclude_seen=True, repeat_weight=0.0)
+
+
 def _evaluate_cfg(**baselines) -> OmegaConf:
     return OmegaConf.create(
         {

@@ -158,10 +158,13 @@ def check_baselines(cfg: DictConfig) -> None:
                 )
 
 
-def _method_specs(
+def method_specs(
     cfg: DictConfig, bundle: Bundle, vectors: np.ndarray, fixed: ScoringSettings | None
 ) -> list[MethodSpec]:
-    """The model first, then the configured baselines (a node set to null is skipped)."""
+    """The model first, then the configured baselines (a node set to null is skipped). With the bundle's
+    recorded settings, the model's other exclusion setting is ranked as ``/retrieve`` serves a request that
+    sets it (``Bundle.scoring_for``), not tuned here."""
+    recorded = fixed is not None and cfg.scoring.source != "config"
     index = bundle.index if cfg.use_index else None
     tower = load_buyer_tower(bundle.checkpoint_path)
     specs = [
@@ -174,6 +177,7 @@ def _method_specs(
                 "history_similarity": list(cfg.scoring.get("history_similarity") or []),
             },
             fixed=fixed,
+            fixed_other=bundle.scoring_for(not fixed.exclude_seen) if recorded and fixed else None,
         )
     ]
     for name, node in (cfg.get("baselines") or {}).items():
@@ -239,7 +243,7 @@ def evaluate(cfg: DictConfig, overridden: bool = False) -> dict[str, Any]:
     interactions = _interactions(datamodule, mapping, num_items)
     item_counts = np.bincount(interactions.item, minlength=num_items).astype(np.float32)
     vectors = text_vectors(bundle.text_encoder_config, bundle.catalog.texts, cfg.text_cache_dir)
-    specs = _method_specs(cfg, bundle, vectors, fixed)
+    specs = method_specs(cfg, bundle, vectors, fixed)
     queries = {
         split: split_queries(
             events,
@@ -283,7 +287,11 @@ def evaluate(cfg: DictConfig, overridden: bool = False) -> dict[str, Any]:
 
     results = score(rankings[served])
     if cfg.report_other_exclusion:
-        results["other_exclusion"] = {"exclude_seen": not served, **score(rankings[not served])}
+        results["other_exclusion"] = {
+            "exclude_seen": not served,
+            "scoring": outcome.chosen["model"][not served].settings.to_dict(),
+            **score(rankings[not served]),
+        }
     results["scoring"] = outcome.chosen["model"][served].settings.to_dict()
     results["tuning"] = outcome.tuning
     results["meta"] = {

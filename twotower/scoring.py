@@ -77,6 +77,8 @@ __all__ = [
 
 SECONDS_PER_DAY = 86_400.0
 MANIFEST_KEY = "scoring"  # where a bundle manifest records the served settings
+# ... and the settings for requests that set the other exclusion (chosen on val for it, like the served ones)
+OTHER_EXCLUSION_KEY = "scoring_other_exclusion"
 # the learned repeat score's inputs, per distinct history item: first the buyer's own history of the item (each
 # enters as log1p; ages are measured from the history's newest event), then the item's training-period
 # statistics from the catalog (:func:`item_features`: how much it sells, how often its buyers come back for it,

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.retrieval.test_bundle import make_catalog
 from tests.retrieval.test_export import FIXTURE, RUN_CONFIG, tiny_module
 from twotower.data.datamodule import HistoryDataset
 from twotower.data.sequences import EventLog
-from twotower.retrieval.bundle import load_bundle
+from twotower.retrieval.bundle import BundleError, load_bundle
 from twotower.retrieval.export import ExportSettings, export_bundle
 from twotower.retrieval.index import IndexBuilder
 from twotower.scoring import ScoringSettings
@@ -53,6 +54,10 @@ def test_export_chooses_the_scoring_on_val_and_the_bundle_reads_it_back(tmp_path
     assert choice["chosen"] == 1.0 and choice["metric"] == "val recall@10"
     # exclusion once, allowed: (0, None), (0, 3), (1000, None), (1000, 3)
     assert len(choice["grid"]) == 5
+    # a request that sets exclusion gets the best excluded setting on val; one that agrees, the served ones
+    excluded = ScoringSettings.from_dict(bundle.manifest["scoring_other_exclusion"])
+    assert excluded == ScoringSettings(exclude_seen=True) == bundle.scoring_for(True)
+    assert bundle.scoring_for(False) == bundle.scoring
 
 
 def test_export_samples_val_queries_with_a_seed(tmp_path):
@@ -74,6 +79,19 @@ def test_without_val_examples_the_configured_default_is_recorded_and_said(tmp_pa
 def test_bundles_without_recorded_scoring_read_as_the_defaults():
     bundle = load_bundle(FIXTURE)
     assert "scoring" not in bundle.manifest and bundle.scoring == ScoringSettings()
+
+
+def test_a_bundle_without_other_exclusion_settings_switches_the_served_ones_less_what_was_fitted(tmp_path):
+    bundle = load_bundle(FIXTURE)
+    learned = ScoringSettings(
+        exclude_seen=False, repeat_coefficients=(0.1,) * 15, history_similarity=0.5, max_repeat_items=3
+    )
+    bundle.manifest["scoring"] = learned.to_dict()  # recorded before the other exclusion's settings were
+    assert bundle.scoring_for(False) == learned
+    assert bundle.scoring_for(True) == ScoringSettings(exclude_seen=True, max_repeat_items=3)
+    bundle.manifest["scoring_other_exclusion"] = {"exclude_seen": True, "repeat_weight": -1}
+    with pytest.raises(BundleError, match="scoring_other_exclusion"):
+        bundle.scoring_for(True)
 
 
 def test_the_exporter_config_instantiates_with_a_capped_grid(tmp_path):

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from twotower.model.buyer_tower import load_buyer_tower
+from twotower.retrieval.bundle import load_bundle
 from twotower.scoring import REPEAT_COEFFICIENTS, ScoringSettings
 from twotower.serving.recommender import Query, QueryError, Recommendation, Recommender
 
@@ -191,14 +193,28 @@ def test_max_interactions_defaults_to_the_request_schemas_limit_and_cannot_excee
         RecommenderSettings(max_interactions=MAX_INTERACTIONS + 1)
 
 
-def test_a_request_that_switches_exclusion_drops_the_bundles_learned_coefficients(tiny_bundle: Path) -> None:
-    # the coefficients were fitted for the bundle's own exclusion setting; the other one goes without them
-    rec = Recommender.from_bundle(tiny_bundle)
+def test_a_request_that_switches_exclusion_gets_the_bundles_settings_for_it(tiny_bundle: Path) -> None:
+    # each exclusion setting has its own settings chosen on val at export; the served ones answer requests
+    # that set none or agree
     learned = ScoringSettings(
         exclude_seen=False, repeat_coefficients=(0.1,) * len(REPEAT_COEFFICIENTS), boost_pool=7
     )
-    rec.scoring = learned
-    assert rec.settings_for(Query(["p1"], ["view"], k=3)) is learned
-    assert rec.settings_for(Query(["p1"], ["view"], k=3, exclude_seen=False)) is learned
-    switched = rec.settings_for(Query(["p1"], ["view"], k=3, exclude_seen=True))
-    assert switched.exclude_seen and not switched.boosted and switched.boost_pool == 7
+    excluded = ScoringSettings(
+        exclude_seen=True, repeat_coefficients=(0.2,) * len(REPEAT_COEFFICIENTS), history_similarity=0.5
+    )
+    bundle = load_bundle(tiny_bundle)  # the session's bundle: its files stay as they are
+    bundle.manifest.update(scoring=learned.to_dict(), scoring_other_exclusion=excluded.to_dict())
+    rec = Recommender(bundle, load_buyer_tower(bundle.checkpoint_path))
+    assert rec.settings_for(Query(["p1"], ["view"], k=3)) == learned
+    assert rec.settings_for(Query(["p1"], ["view"], k=3, exclude_seen=False)) == learned
+    assert rec.settings_for(Query(["p1"], ["view"], k=3, exclude_seen=True)) == excluded
+    assert rec.info()["scoring_other_exclusion"] == excluded.to_dict()
+
+    # and the lists follow them: the excluded request never returns the history item
+    def items(exclude_seen: bool | None) -> list[str]:
+        return [
+            i["product_id"]
+            for i in one(rec, Query(["p1"], ["purchase"], k=5, exclude_seen=exclude_seen)).items
+        ]
+
+    assert "p1" not in items(True) and "p1" in items(False) and items(None) == items(False)

@@ -224,9 +224,10 @@ def report_text(
         summary[m] = row
     if "other_exclusion" in results:
         other = "excluded" if results["other_exclusion"]["exclude_seen"] else "allowed"
-        text += f"\n\nserved vs the other exclusion setting (seen items {other})\n" + format_table(
-            summary, [c for c in next(iter(summary.values()), {})]
-        )
+        text += (
+            f"\n\nserved vs the other exclusion setting (seen items {other}; the model's scoring there: "
+            f"{results['other_exclusion'].get('scoring')})\n"
+        ) + format_table(summary, [c for c in next(iter(summary.values()), {})])
     for label, entry in entries:
         slice_rows = {
             name: {"queries": int(e["queries"]), **{m: e[m][f"recall@{k10}"] for m in methods if m in e}}

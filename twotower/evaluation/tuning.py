@@ -146,13 +146,15 @@ def recall_at(rankings: np.ndarray, targets: np.ndarray, k: int) -> float:
 class MethodSpec:
     """A table row: ``make(params)`` builds an unfitted ranker; ``grid`` lists ranker parameter sets to try;
     ``repeat_grid`` the scoring fields to try when seen items are allowed (None: no repeat score);
-    ``fixed``: settings not to tune (the bundle's recorded ones)."""
+    ``fixed``: settings not to tune (the bundle's recorded ones); ``fixed_other``: the same for the other
+    exclusion setting (the bundle's settings for requests that set it; None: tuned)."""
 
     name: str
     make: Callable[[dict[str, Any]], Any]
     grid: list[dict[str, Any]] = field(default_factory=lambda: [{}])
     repeat_grid: Mapping[str, Sequence[Any]] | None = None
     fixed: ScoringSettings | None = None
+    fixed_other: ScoringSettings | None = None
 
 
 @dataclass
@@ -170,8 +172,9 @@ class Choice:
 def _settings_for(spec: MethodSpec, exclude: bool) -> tuple[list[ScoringSettings], bool, list[float]]:
     """The grid's settings for one exclusion setting, whether to learn a repeat score too, and the history-
     similarity weights to try on top of the best (the grid's ``history_similarity``; none for recorded settings)."""
-    if spec.fixed is not None and spec.fixed.exclude_seen == exclude:
-        return [spec.fixed], False, []
+    for recorded in (spec.fixed, spec.fixed_other):
+        if recorded is not None and recorded.exclude_seen == exclude:
+            return [recorded], False, []
     base = replace(
         spec.fixed or ScoringSettings(),
         exclude_seen=exclude,
@@ -412,7 +415,8 @@ def choose_served_settings(
 ) -> tuple[ScoringSettings, dict[str, Any]]:
     """The scoring settings to serve a (fitted) model with: its best on ``val`` by recall@k over both
     exclusion settings and the repeat ``grid`` (e.g. at export, to record in the bundle manifest), and the
-    trace (what was tried, for the manifest or a log).
+    trace (what was tried, for the manifest or a log; ``other_exclusion``: the best settings of the other
+    exclusion setting, for requests that override it).
 
     Example:
         >>> val = split_queries(dm.events, dm.examples.positions["val"], dm.dataset("val"),  # doctest: +SKIP
@@ -423,8 +427,15 @@ def choose_served_settings(
     spec = MethodSpec("model", lambda params: ranker, repeat_grid=grid)
     best, trace, _ = tune_method(spec, lambda r: r, val, [True, False], k, batch_size, RepeatCache(val))
     served = max(best, key=lambda e: (best[e].val_score, e))  # ties: exclude (the service's old default)
+    other = best.get(not served)
     return best[served].settings, {
         "metric": f"val recall@{k}",
         "chosen": best[served].val_score,
+        # what a request that sets the other exclusion is served with (its own best on val)
+        **(
+            {"other_exclusion": other.settings.to_dict(), "other_exclusion_val": other.val_score}
+            if other
+            else {}
+        ),
         "grid": trace,
     }

@@ -22,7 +22,7 @@ import os
 import shutil
 import subprocess
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from twotower.data.catalog import Catalog
 from twotower.data.schema import EventSchema
 from twotower.retrieval.index import VectorIndex
 from twotower.scoring import MANIFEST_KEY as SCORING_KEY
-from twotower.scoring import ScoringSettings
+from twotower.scoring import OTHER_EXCLUSION_KEY, ScoringSettings
 
 log = logging.getLogger(__name__)
 
@@ -153,14 +153,30 @@ class Bundle:
     @property
     def scoring(self) -> ScoringSettings:
         """The served scoring settings recorded at export (the defaults for bundles that record none)."""
-        recorded = self.manifest.get(SCORING_KEY)
+        return self._recorded_scoring(SCORING_KEY) or ScoringSettings()
+
+    def scoring_for(self, exclude_seen: bool) -> ScoringSettings:
+        """The settings to serve a request with that sets ``exclude_seen``: the served ones when they agree,
+        else those recorded for the other exclusion setting (chosen on val for it at export). Bundles that
+        record none get the served ones with the exclusion switched, less the learned coefficients and the
+        history similarity (both were fitted for the served exclusion)."""
+        served = self.scoring
+        if exclude_seen == served.exclude_seen:
+            return served
+        other = self._recorded_scoring(OTHER_EXCLUSION_KEY)
+        if other is not None and other.exclude_seen == exclude_seen:
+            return other
+        return replace(served, exclude_seen=exclude_seen, repeat_coefficients=None, history_similarity=0.0)
+
+    def _recorded_scoring(self, key: str) -> ScoringSettings | None:
+        recorded = self.manifest.get(key)
         if not isinstance(recorded, dict):
-            return ScoringSettings()
+            return None
         try:
             return ScoringSettings.from_dict(recorded)
         except (TypeError, ValueError) as error:
             raise BundleError(
-                f"{self.path}: the manifest's '{SCORING_KEY}' entry is invalid ({error}); re-export the bundle"
+                f"{self.path}: the manifest's '{key}' entry is invalid ({error}); re-export the bundle"
             ) from error
 
 

@@ -9,7 +9,8 @@ Every bundle's manifest has one config shape, checked here (:func:`check_manifes
 The served scoring settings (seen-item exclusion, repeat score, cap; :mod:`twotower.scoring`) are chosen
 here on the validation split with the new item vectors and recorded as ``manifest["scoring"]`` (what
 ``/retrieve`` uses by default and ``twotower.evaluate`` ranks every method with), with the val figures of the
-choice under ``manifest["scoring_choice"]``.
+choice under ``manifest["scoring_choice"]``. The other exclusion setting's best on val is recorded too
+(``manifest["scoring_other_exclusion"]``): a request that overrides the exclusion is served with it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from twotower.data.catalog import Catalog
 from twotower.retrieval.bundle import point_latest, write_bundle
 from twotower.retrieval.index import IndexBuilder
 from twotower.scoring import MANIFEST_KEY as SCORING_KEY
-from twotower.scoring import ScoringSettings, item_features
+from twotower.scoring import OTHER_EXCLUSION_KEY, ScoringSettings, item_features
 
 if TYPE_CHECKING:
     from twotower.data.datamodule import HistoryDataset
@@ -178,7 +179,8 @@ def choose_bundle_scoring(
     settings: ExportSettings,
     catalog_features: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """The manifest entries ``scoring`` (the served settings) and ``scoring_choice`` (how they were chosen):
+    """The manifest entries ``scoring`` (the served settings), ``scoring_other_exclusion`` (the settings for
+    requests that set the other exclusion) and ``scoring_choice`` (how they were chosen):
     the model's best on (a seeded sample of) the val split by recall@k, over both exclusion settings and
     ``settings.grid()``, ranking exactly over the new item vectors (``catalog_features``: the bundle catalog's
     ``item_features``, as the service will use them); ``settings.scoring_default`` when there
@@ -217,6 +219,7 @@ def choose_bundle_scoring(
     )  # fmt: skip
     return {
         SCORING_KEY: chosen.to_dict(),
+        **({OTHER_EXCLUSION_KEY: trace["other_exclusion"]} if "other_exclusion" in trace else {}),
         "scoring_choice": {
             "source": "val",
             "queries": len(queries),

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,8 @@ class QueryError(ValueError):
 class Query:
     """One buyer's request. `event_types` are raw names (any known spelling); `timestamps` are epoch seconds.
 
-    `exclude_seen`: None = the bundle's scoring settings; True/False overrides their exclusion (False keeps
-    their repeat score and cap).
+    `exclude_seen`: None = the bundle's scoring settings; True/False different from theirs: the bundle's
+    settings for that exclusion (``Bundle.scoring_for``).
     """
 
     product_ids: Sequence[str]
@@ -142,6 +142,8 @@ class Recommender:
         self.schema = bundle.event_schema
         self.weight_by_code = self.schema.weight_array
         self.scoring: ScoringSettings = bundle.scoring  # chosen on val at export
+        # for requests that set the other exclusion: its own settings, chosen on val at export too
+        self.other_scoring: ScoringSettings = bundle.scoring_for(not self.scoring.exclude_seen)
         self.max_history = int(bundle.data_config.get("max_history") or self.settings.max_interactions)
         self._event_codes: dict[str, int] = {}
         self._aliases = self._matching_ids(catalog.aliases)  # id -> row (duplicates included): O(1)
@@ -231,6 +233,7 @@ class Recommender:
             "aggregation": getattr(self.tower, "aggregation_method", None),
             "max_history": self.max_history,
             "scoring": self.scoring.to_dict(),
+            "scoring_other_exclusion": self.other_scoring.to_dict(),
             "event_weights": dict(zip(EVENT_TYPES, self.weight_by_code.tolist(), strict=True)),
             "counts": manifest.get("counts", {}),
             "metrics": manifest.get("metrics", {}),
@@ -290,11 +293,11 @@ class Recommender:
         )
 
     def settings_for(self, query: Query) -> ScoringSettings:
-        """The bundle's scoring settings, with the request's exclusion when it sets one (learned coefficients
-        were fitted for the bundle's own exclusion setting: the other one goes without them)."""
+        """The bundle's scoring settings, or those recorded for the other exclusion setting when the request
+        sets it (``Bundle.scoring_for``)."""
         if query.exclude_seen is None or query.exclude_seen == self.scoring.exclude_seen:
             return self.scoring
-        return replace(self.scoring, exclude_seen=bool(query.exclude_seen), repeat_coefficients=None)
+        return self.other_scoring
 
     @staticmethod
     def _history(prepared: Sequence[_Prepared]) -> History:

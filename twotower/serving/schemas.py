@@ -123,8 +123,9 @@ class RetrieveRequest(BuyerRequest):
     k: int = Field(default=10, ge=1, le=MAX_K, description="How many products to return.")
     exclude_seen: bool | None = Field(
         default=None,
-        description="Leave out products named in recent_interactions (true), or allow them with the bundle's "
-        "repeat score (false); absent: the bundle's scoring settings, chosen on validation data at export.",
+        description="Leave out products named in recent_interactions (true), or allow them (false); absent: the "
+        "bundle's scoring settings. Each setting is served with the scoring chosen for it on validation data "
+        "at export.",
     )
     filters: Filters | None = None
 
