@@ -457,6 +457,31 @@ def test_the_history_similarity_weight_is_fitted_with_the_learned_score() -> Non
     assert learned is not None and learned.history_similarity == 0
 
 
+def test_the_fitted_similarity_weight_follows_the_grid_and_is_off_with_it() -> None:
+    # 50 buyers of two interests (items 0 and 1) who all take item 3, next to item 0: the one buyer vector
+    # points at item 2; the fitted weight lifts item 3; a grid of [0.0] turns the fitted weight off too
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [0.7071, 0.7071], [0.995, 0.0998]], dtype=np.float32)
+    buyers = 50  # half of them fit first: at least learned_repeat.MIN_QUERIES
+    events = EventLog(
+        buyer=np.repeat(np.arange(buyers), 3).astype(np.int32),
+        item=np.tile([0, 1, 3], buyers).astype(np.int32),
+        event=np.full(3 * buyers, 2, dtype=np.int8),
+        timestamp=np.tile(np.array([1, 2, 10]) * DAY_US, buyers).astype(np.int64),
+        buyer_ids=[f"b{i}" for i in range(buyers)],
+    )
+    positions = np.arange(2, 3 * buyers, 3)
+    dataset = HistoryDataset(events, positions, 100, WEIGHTS)
+    catalog = np.zeros((4, len(ITEM_FEATURES)), np.float32)
+    val = split_queries(events, positions, dataset, np.arange(4), 100, WEIGHTS, catalog)
+    ranker = ModelRanker(MeanTower(), vectors)
+    for weights, fitted in (([0.25], True), ([0.0], False)):
+        grid = {"repeat_coefficients": [None, "fit"], "history_similarity": weights}
+        settings, trace = choose_served_settings(ranker, val, grid, k=1)
+        learned = [g["scoring"]["history_similarity"] for g in trace["grid"] if "kept" in g]
+        assert learned and all((w not in (0.0, 0.25)) is fitted for w in learned)
+        assert (settings.history_similarity > 0) is fitted and trace["chosen"] == float(fitted)
+
+
 def test_history_similarity_for_a_method_without_item_vectors_is_refused() -> None:
     events = event_log()
     spec = MethodSpec(
