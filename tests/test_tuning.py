@@ -482,6 +482,20 @@ def test_the_fitted_similarity_weight_follows_the_grid_and_is_off_with_it() -> N
         assert (settings.history_similarity > 0) is fitted and trace["chosen"] == float(fitted)
 
 
+def test_when_the_refit_on_all_of_val_fails_the_first_halfs_fit_is_kept(monkeypatch) -> None:
+    from twotower.evaluation import tuning
+
+    calls: list[bool] = []
+
+    def first_half_only(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(True)
+        return fit_learned_score(*args, **kwargs) if len(calls) == 1 else None
+
+    monkeypatch.setattr(tuning, "fit_learned_score", first_half_only)
+    test_the_learned_boost_is_tried_with_seen_items_excluded()  # its choice needs the half's fit kept
+    assert len(calls) >= 2
+
+
 def test_history_similarity_for_a_method_without_item_vectors_is_refused() -> None:
     events = event_log()
     spec = MethodSpec(

@@ -241,9 +241,13 @@ def _learned_choice(
     held_out = slice(half, None)
     trial = settings_of(learned)
     trial_ranked = rank_split(candidates, val, trial, k, batch_size, repeats, item_vectors)
-    learned = recall_at(trial_ranked[held_out], val.targets[held_out], k)
+    held_out_recall = recall_at(trial_ranked[held_out], val.targets[held_out], k)
     grid = recall_at(grid_ranked[held_out], val.targets[held_out], k)
-    entry = {f"held_out_recall@{k}": learned, f"grid_best_held_out_recall@{k}": grid, "kept": learned > grid}
+    entry = {
+        f"held_out_recall@{k}": held_out_recall,
+        f"grid_best_held_out_recall@{k}": grid,
+        "kept": held_out_recall > grid,
+    }
     if not entry["kept"]:
         return trial, trial_ranked, entry
     refitted = settings_of(fit(slice(None)) or learned)
