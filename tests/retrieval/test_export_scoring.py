@@ -89,9 +89,14 @@ def test_a_bundle_without_other_exclusion_settings_switches_the_served_ones_less
     bundle.manifest["scoring"] = learned.to_dict()  # recorded before the other exclusion's settings were
     assert bundle.scoring_for(False) == learned
     assert bundle.scoring_for(True) == ScoringSettings(exclude_seen=True, max_repeat_items=3)
-    bundle.manifest["scoring_other_exclusion"] = {"exclude_seen": True, "repeat_weight": -1}
-    with pytest.raises(BundleError, match="scoring_other_exclusion"):
-        bundle.scoring_for(True)
+    for bad in (
+        {"exclude_seen": True, "repeat_weight": -1},
+        {"exclude_seen": False},
+    ):  # invalid; same exclusion
+        bundle.manifest["scoring_other_exclusion"] = bad
+        with pytest.raises(BundleError, match="scoring_other_exclusion"):
+            bundle.scoring_for(True)
+    assert bundle.scoring_for(False) == learned  # the served setting does not read the other entry
 
 
 def test_the_exporter_config_instantiates_with_a_capped_grid(tmp_path):

@@ -164,9 +164,16 @@ class Bundle:
         if exclude_seen == served.exclude_seen:
             return served
         other = self._recorded_scoring(OTHER_EXCLUSION_KEY)
-        if other is not None and other.exclude_seen == exclude_seen:
-            return other
-        return replace(served, exclude_seen=exclude_seen, repeat_coefficients=None, history_similarity=0.0)
+        if other is None:
+            return replace(
+                served, exclude_seen=exclude_seen, repeat_coefficients=None, history_similarity=0.0
+            )
+        if other.exclude_seen != exclude_seen:  # a hand-edited manifest: serving it would hide the edit
+            raise BundleError(
+                f"{self.path}: the manifest's '{OTHER_EXCLUSION_KEY}' has exclude_seen={other.exclude_seen}, the "
+                f"same as '{SCORING_KEY}'; it must hold the other setting's; fix it or re-export the bundle"
+            )
+        return other
 
     def _recorded_scoring(self, key: str) -> ScoringSettings | None:
         recorded = self.manifest.get(key)
