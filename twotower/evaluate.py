@@ -164,7 +164,12 @@ def method_specs(
     """The model first, then the configured baselines (a node set to null is skipped). With the bundle's
     recorded settings, the model's other exclusion setting is ranked as ``/retrieve`` serves a request that
     sets it (``Bundle.scoring_for``), not tuned here."""
-    recorded = fixed is not None and cfg.scoring.source != "config"
+    # what /retrieve serves a request that sets the other exclusion (settings from config: tuned here instead)
+    fixed_other = (
+        bundle.scoring_for(not fixed.exclude_seen)
+        if fixed is not None and cfg.scoring.source != "config"
+        else None
+    )
     index = bundle.index if cfg.use_index else None
     tower = load_buyer_tower(bundle.checkpoint_path)
     specs = [
@@ -177,7 +182,7 @@ def method_specs(
                 "history_similarity": list(cfg.scoring.get("history_similarity") or []),
             },
             fixed=fixed,
-            fixed_other=bundle.scoring_for(not fixed.exclude_seen) if recorded and fixed else None,
+            fixed_other=fixed_other,
         )
     ]
     for name, node in (cfg.get("baselines") or {}).items():

@@ -57,6 +57,7 @@ def test_export_chooses_the_scoring_on_val_and_the_bundle_reads_it_back(tmp_path
     # a request that sets exclusion gets the best excluded setting on val; one that agrees, the served ones
     excluded = ScoringSettings.from_dict(bundle.manifest["scoring_other_exclusion"])
     assert excluded == ScoringSettings(exclude_seen=True) == bundle.scoring_for(True)
+    assert "other_exclusion" not in choice and choice["other_exclusion_val"] == 0.0  # recorded once
     assert bundle.scoring_for(False) == bundle.scoring
 
 

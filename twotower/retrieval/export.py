@@ -213,13 +213,14 @@ def choose_bundle_scoring(
     tower = copy.deepcopy(module.buyer_tower).cpu()
     ranker = ModelRanker(tower, np.asarray(embeddings, dtype=np.float32))
     chosen, trace = choose_served_settings(ranker, queries, settings.grid(), k=settings.scoring_k)
+    other = trace.pop("other_exclusion", None)  # recorded once, beside the served settings (not in the trace)
     log.info(
         "scoring: chose %s on %d val queries (%s %.4f)", chosen.describe(), len(queries), trace["metric"],
         trace["chosen"],
     )  # fmt: skip
     return {
         SCORING_KEY: chosen.to_dict(),
-        **({OTHER_EXCLUSION_KEY: trace["other_exclusion"]} if "other_exclusion" in trace else {}),
+        **({OTHER_EXCLUSION_KEY: other} if other is not None else {}),
         "scoring_choice": {
             "source": "val",
             "queries": len(queries),
